@@ -1,0 +1,3 @@
+from halod.exporters.debug.factory import FACTORY
+
+__all__ = ["FACTORY"]

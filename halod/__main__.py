@@ -1,0 +1,5 @@
+import sys
+
+from halod.cli import main
+
+sys.exit(main())

@@ -1,0 +1,178 @@
+"""Component contracts: ids, factories, the registry, and the lifecycle every component follows.
+
+Lifecycle contract (the pipeline graph relies on it):
+- a component is constructed by its factory from a validated config and does no I/O in __init__;
+- ``start(host)`` acquires resources (ports, files, tasks) and returns once the component works;
+  a failure raises and the daemon stops what it already started;
+- ``shutdown()`` stops taking new work, drains what it accepted, and releases resources; it is safe
+  to call twice and without ``start()``;
+- the data plane is one async method, ``consume(...)``; after hand-off the caller no longer touches
+  the data it passed.
+
+The graph starts exporters first and receivers last, and shuts down in reverse, so nothing is ever
+handed to a component that is not running.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from halod.model import CommitEvent, CommitResult, SpanBatch
+    from halod.telemetry import Telemetry
+
+
+class Kind(enum.StrEnum):
+    RECEIVER = "receiver"
+    PROCESSOR = "processor"
+    EXPORTER = "exporter"
+    EXTENSION = "extension"
+
+    @property
+    def section(self) -> str:
+        """The YAML section that defines components of this kind (receivers, processors, ...)."""
+        return f"{self.value}s"
+
+
+_TYPE = re.compile(r"^[a-z][a-z0-9_]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentID:
+    """``type`` or ``type/name``, as in the Collector: ``otlp``, ``otlp/edge``."""
+
+    type: str
+    name: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> ComponentID:
+        type_, sep, name = str(text).partition("/")
+        if not _TYPE.match(type_):
+            raise ValueError(f"invalid component id {text!r}: the type must match [a-z][a-z0-9_]*")
+        if sep and not _NAME.match(name):
+            raise ValueError(f"invalid component id {text!r}: the name after '/' must match [A-Za-z0-9_.-]+")
+        return cls(type_, name)
+
+    def __str__(self) -> str:
+        return f"{self.type}/{self.name}" if self.name else self.type
+
+
+class Consumer(Protocol):
+    """The acknowledgement path: resolves once the batch is durably committed (or raises)."""
+
+    async def consume(self, batch: SpanBatch) -> CommitResult: ...
+
+
+class Host(Protocol):
+    """What a running component may ask of the daemon."""
+
+    telemetry: Telemetry
+
+    def admission_check(self) -> None:
+        """Raise `Refused` when the store cannot take more work right now (cheap; call before decoding)."""
+
+
+class Component(Protocol):
+    async def start(self, host: Host) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+class Receiver(Component, Protocol):
+    """Turns external input into `SpanBatch`es handed to ``next_consumer``."""
+
+
+class Processor(Component, Protocol):
+    """Transforms a batch on the acknowledgement path, then hands it to the next consumer."""
+
+    async def consume(self, batch: SpanBatch) -> CommitResult: ...
+
+
+class Exporter(Component, Protocol):
+    """Consumes committed spans, off the acknowledgement path (the store already has them)."""
+
+    async def consume(self, event: CommitEvent) -> None: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class CreateSettings:
+    """Everything a factory gets besides its config."""
+
+    id: ComponentID
+    pipeline: str
+    telemetry: Telemetry
+
+
+@dataclass(frozen=True)
+class Factory(Generic[ConfigT]):
+    """Type name -> strict config model + constructor.
+
+    Receivers' constructors take ``(settings, config, next_consumer)``, processors' take
+    ``(settings, config, next_consumer)``, exporters' and extensions' ``(settings, config)``.
+    """
+
+    kind: Kind
+    type: str
+    config_model: type[ConfigT]
+    create: Callable[..., Any]
+    description: str = ""
+
+    def default_config(self) -> ConfigT:
+        return self.config_model()
+
+
+class Registry:
+    """Every component type halod knows, by kind and type name."""
+
+    def __init__(self) -> None:
+        self._factories: dict[tuple[Kind, str], Factory[Any]] = {}
+
+    def register(self, factory: Factory[Any]) -> None:
+        key = (factory.kind, factory.type)
+        if key in self._factories:
+            raise ValueError(f"{factory.kind} type {factory.type!r} is registered twice")
+        self._factories[key] = factory
+
+    def get(self, kind: Kind, type_: str) -> Factory[Any] | None:
+        return self._factories.get((kind, type_))
+
+    def types(self, kind: Kind) -> list[str]:
+        return sorted(type_ for k, type_ in self._factories if k is kind)
+
+    def all(self) -> list[Factory[Any]]:
+        return [self._factories[key] for key in sorted(self._factories)]
+
+
+# Component packages, imported when the registry is first built. Each exposes ``FACTORY``; the
+# module imports only its config and factory so heavy dependencies load when a pipeline uses them.
+BUILTIN_COMPONENTS = (
+    "halod.receivers.otlp",
+    "halod.processors.redact",
+    "halod.exporters.debug",
+)
+
+_default: Registry | None = None
+
+
+def default_registry() -> Registry:
+    global _default
+    if _default is None:
+        registry = Registry()
+        for module in BUILTIN_COMPONENTS:
+            registry.register(importlib.import_module(module).FACTORY)
+        _default = registry
+    return _default
+
+
+AsyncCallback = Callable[[], Awaitable[None]]

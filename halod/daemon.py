@@ -1,0 +1,169 @@
+"""The daemon: the store, the pipeline graph and the admin listener, with their lifecycle.
+
+Start order: store (open + migrate) -> admin listener (health answers at once; ready only at the
+end) -> extensions -> exporters -> processors -> receivers. Shutdown is the reverse: receivers stop
+taking requests and finish the ones in flight (each awaiting its commit), the store commits what is
+queued and closes, exporters drain their queues, and the admin listener goes last.
+
+Signals: the first SIGINT/SIGTERM starts a graceful drain bounded by `service.shutdown_timeout`
+(exit 0 when it completes in time, 1 otherwise); a second one forces an immediate exit (code 130).
+Nothing acknowledged is lost either way: acknowledged spans are already in DuckDB's WAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+from halod import __version__
+from halod.admin import AdminServer
+from halod.config import HalodConfig
+from halod.model import Refused
+from halod.pipeline import Graph, build_graph
+from halod.store import SpanStore
+from halod.telemetry import Telemetry
+
+
+class Daemon:
+    """One running halod. ``start()`` / ``shutdown()`` follow the component lifecycle contract."""
+
+    def __init__(self, config: HalodConfig, telemetry: Telemetry | None = None) -> None:
+        self.config = config
+        self.telemetry = telemetry or Telemetry()
+        self.store = SpanStore(config.storage, self.telemetry)
+        self.graph: Graph = build_graph(config, self.store, self.telemetry)
+        self.admin = AdminServer(config.service.telemetry.metrics, self.telemetry, self.store, self.status)
+        self.admin.add_readiness_check(self._not_ready_reasons)
+        self._started: list[Any] = []
+        self._ready = False
+        self._started_at = time.time()
+        self._shutdown_done = False
+
+    # Host interface offered to components --------------------------------------------------------
+
+    def admission_check(self) -> None:
+        self.store.admission_check()
+
+    # Lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        log = self.telemetry.log
+        log.info("halod starting", version=__version__, config=self.config.source, pid=os.getpid())
+        for warning in self.config.warnings:
+            log.warning("config warning", warning=warning)
+        try:
+            await asyncio.to_thread(self.store.open)
+            await self.admin.start()
+            self.store.subscribe(self.graph.route)
+            components: list[tuple[str, Any]] = [
+                *((f"extension {cid}", ext) for cid, ext in self.graph.extensions),
+                *((f"exporter {cid}", runner.exporter) for cid, runner in self.graph.exporters.items()),
+                *((f"processor {pid}", proc) for pid, proc in self.graph.processors),
+                *((f"receiver {cid}", rec) for cid, rec in self.graph.receivers),
+            ]
+            for name, component in components:
+                await component.start(self)
+                self._started.append((name, component))
+            for runner in self.graph.exporters.values():
+                runner.queue.start()
+        except BaseException:
+            await self.shutdown()
+            raise
+        self._ready = True
+        log.info("halod ready", pipelines=list(self.config.service.pipelines),
+                 receivers=[str(cid) for cid, _ in self.graph.receivers], store=str(self.config.storage.path))
+
+    async def shutdown(self) -> None:
+        """Drain and stop everything that started, in reverse order. Safe twice and without start()."""
+        if self._shutdown_done:
+            return
+        self._shutdown_done = True
+        self._ready = False
+        log = self.telemetry.log
+        log.info("halod shutting down")
+        exporters = {id(runner.exporter) for runner in self.graph.exporters.values()}
+        for name, component in reversed(self._started):
+            if id(component) in exporters:
+                continue  # exporters stop after the store has delivered its last commit events
+            await self._stop(name, component)
+        await asyncio.to_thread(self.store.close)
+        for runner in self.graph.exporters.values():
+            await runner.queue.shutdown(self.config.service.shutdown_timeout)
+        for name, component in reversed(self._started):
+            if id(component) in exporters:
+                await self._stop(name, component)
+        self._started.clear()
+        await self.admin.shutdown()
+        log.info("halod stopped")
+
+    async def _stop(self, name: str, component: Any) -> None:
+        try:
+            await component.shutdown()
+        except Exception as exc:
+            self.telemetry.log.error("component shutdown failed", component=name, error=repr(exc))
+
+    # Status ----------------------------------------------------------------------------------------
+
+    def _not_ready_reasons(self) -> list[str]:
+        reasons = []
+        if not self._ready:
+            reasons.append("starting or shutting down")
+        if not self.store.is_open:
+            reasons.append("store is not open")
+        for cid, receiver in self.graph.receivers:
+            listening = getattr(receiver, "is_listening", None)
+            if listening is not None and not listening():
+                reasons.append(f"receiver {cid} is not listening")
+        return reasons
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "config": self.config.source,
+            "store": str(self.config.storage.path.resolve()),
+            "started_at": self._started_at,
+            "ready": not self._not_ready_reasons(),
+            "pipelines": {
+                name: {"receivers": p.receivers, "processors": p.processors, "exporters": p.exporters}
+                for name, p in self.config.service.pipelines.items()
+            },
+        }
+
+
+async def run_daemon(config: HalodConfig) -> int:
+    """Run until the first SIGINT/SIGTERM, drain, and return the exit code."""
+    daemon = Daemon(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            daemon.telemetry.log.info("signal received; draining (send it again to force exit)",
+                                      signal=signal.Signals(signum).name,
+                                      timeout_s=config.service.shutdown_timeout)
+            stop.set()
+        else:
+            daemon.telemetry.log.warning("second signal; forcing exit", signal=signal.Signals(signum).name)
+            os._exit(130)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await daemon.start()
+    except Refused as exc:  # pragma: no cover - defensive
+        daemon.telemetry.log.error("startup failed", error=str(exc))
+        return 1
+    await stop.wait()
+    try:
+        await asyncio.wait_for(daemon.shutdown(), config.service.shutdown_timeout)
+    except TimeoutError:
+        daemon.telemetry.log.error("drain did not finish in time; exiting", timeout_s=config.service.shutdown_timeout)
+        return 1
+    return 0

@@ -1,0 +1,332 @@
+"""The DuckDB span store: the single writer of the database file and the end of the ack path.
+
+Ack path: a receiver awaits `SpanStore.write(batch)`, which returns only once the batch is committed
+(DuckDB fsyncs its WAL on commit), so a crash after the acknowledgement loses nothing: the WAL is
+replayed when the file is opened again.
+
+Threading: one writer thread owns the read-write connection. Requests wait in a bounded intake
+(`queue_size` requests and `max_inflight_bytes` decoded bytes); when it is full a request is refused
+at once with a retryable `Refused` (gRPC UNAVAILABLE / HTTP 503) and nothing of it is stored. The
+writer takes everything waiting (up to `max_batch_spans`) and commits it in one transaction: group
+commit, so many small requests cost one DuckDB transaction.
+
+Dedup: (trace_id, span_id) is the primary key; spans are inserted with INSERT OR IGNORE and the
+RETURNING clause tells which ones were new. A client retrying a request it thinks failed stores
+nothing twice, and `CommitResult.duplicates` / `CommitEvent.spans` keep later counts honest.
+
+Every request gets its own `ingest_seq`, increasing in commit order, so consumers after the commit
+(trace assembly, signals, ...) can resume from the store with ``WHERE ingest_seq > last_seen``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from halod.config import StorageConfig
+from halod.model import STORE_COLUMNS, CommitEvent, CommitResult, Refused, SpanBatch
+from halod.store.query import QueryResult, run_query
+from halod.store.schema import migrate, scalar
+from halod.telemetry import Telemetry
+
+CommitListener = Callable[[CommitEvent], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    batch: SpanBatch
+    pipeline: str
+    future: asyncio.Future[CommitResult]
+    loop: asyncio.AbstractEventLoop
+
+
+class StoreClosed(Exception):
+    pass
+
+
+def connect(path: Path, read_only: bool = False, memory_limit: int | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the database with SQL file access disabled (queries can reach no other file)."""
+    config: dict[str, Any] = {"enable_external_access": False}
+    if memory_limit:
+        config["memory_limit"] = f"{memory_limit}B"
+    return duckdb.connect(str(path), read_only=read_only, config=config)
+
+
+class SpanStore:
+    """Owns the DuckDB file for the daemon's lifetime. See the module docstring for the contract.
+
+    Lifecycle: ``open()`` (blocking: creates the folder, opens the file, migrates, starts the writer),
+    ``write()`` from the event loop, ``close()`` (stops taking requests, commits what is queued,
+    checkpoints and closes; safe twice and without open()).
+    """
+
+    def __init__(self, config: StorageConfig, telemetry: Telemetry) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self._queue_config = config.queue
+        self._pending: deque[_Pending] = deque()
+        self._pending_bytes = 0
+        self._lock = threading.Condition()
+        self._closing = False
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._thread: threading.Thread | None = None
+        self._listeners: list[CommitListener] = []
+        self._next_seq = 1
+        self._failed: BaseException | None = None
+        self._next_retention = 0.0
+        telemetry.store_queue_capacity.set(config.queue.queue_size)
+        telemetry.store_queue_capacity_bytes.set(config.queue.max_inflight_bytes)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        path = self.config.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = connect(path, memory_limit=self.config.memory_limit)
+        applied = migrate(self._con)
+        self._next_seq = int(scalar(self._con, "SELECT coalesce(max(ingest_seq), 0) FROM spans")) + 1
+        self.telemetry.log.info("store opened", path=str(path), migrations_applied=applied, next_ingest_seq=self._next_seq)
+        self._thread = threading.Thread(target=self._run, name="halod-store-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def is_open(self) -> bool:
+        return self._con is not None and not self._closing and self._failed is None
+
+    def close(self, timeout: float | None = None) -> None:
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self.telemetry.log.error("store writer did not drain in time", timeout_s=timeout)
+                return
+            self._thread = None
+        if self._con is not None:
+            try:
+                self._con.execute("CHECKPOINT")
+            except duckdb.Error as exc:
+                self.telemetry.log.warning("checkpoint on close failed (the WAL keeps the data)", error=str(exc))
+            self._con.close()
+            self._con = None
+            self.telemetry.log.info("store closed", path=str(self.config.path))
+
+    def subscribe(self, listener: CommitListener) -> None:
+        """`listener` is called on the writer's event loop with every `CommitEvent`; it must not block."""
+        self._listeners.append(listener)
+
+    # -- the ack path --------------------------------------------------------------------------------
+
+    def admission_check(self, nbytes: int = 0) -> None:
+        """Raise `Refused` if a request of `nbytes` would not be admitted now. Cheap, lock-free read."""
+        if self._closing or self._con is None:
+            raise Refused("shutting_down", "halod is shutting down", self._queue_config.retry_after)
+        if self._failed is not None:
+            raise Refused("store_failed", f"the store is unavailable: {self._failed}", self._queue_config.retry_after)
+        if len(self._pending) >= self._queue_config.queue_size or (
+            self._pending and self._pending_bytes + nbytes > self._queue_config.max_inflight_bytes
+        ):
+            raise Refused(
+                "queue_full",
+                f"the store queue is full ({len(self._pending)} requests, {self._pending_bytes} bytes waiting); retry later",
+                self._queue_config.retry_after,
+            )
+
+    async def write(self, batch: SpanBatch, pipeline: str = "traces") -> CommitResult:
+        """Commit `batch`; returns once it is durable. Raises `Refused` when the queue is full."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[CommitResult] = loop.create_future()
+        with self._lock:
+            self.admission_check(batch.nbytes)
+            self._pending.append(_Pending(batch, pipeline, future, loop))
+            self._pending_bytes += batch.nbytes
+            self._lock.notify()
+        self.telemetry.store_queue_size.set(len(self._pending))
+        self.telemetry.store_queue_bytes.set(self._pending_bytes)
+        # Shielded: a client that disconnects must not cancel a commit already queued.
+        return await asyncio.shield(future)
+
+    # -- reads ---------------------------------------------------------------------------------------
+
+    def query(self, sql: str, max_rows: int = 10_000, timeout_s: float | None = 60.0) -> QueryResult:
+        """Read-only query on a fresh cursor (blocking: call it from a thread). Never blocks the writer."""
+        if self._con is None:
+            raise StoreClosed("the store is not open")
+        return run_query(self._con, sql, max_rows, timeout_s)
+
+    # -- the writer thread ----------------------------------------------------------------------------
+
+    def _take(self) -> list[_Pending] | None:
+        max_spans = self._queue_config.max_batch_spans
+        with self._lock:
+            while not self._pending:
+                if self._closing:
+                    return None
+                self._lock.wait(timeout=self._retention_wait())
+                if not self._pending and not self._closing:
+                    return []  # woke up for retention
+            taken: list[_Pending] = []
+            spans = 0
+            while self._pending and (not taken or spans + self._pending[0].batch.num_spans <= max_spans):
+                item = self._pending.popleft()
+                self._pending_bytes -= item.batch.nbytes
+                spans += item.batch.num_spans
+                taken.append(item)
+        self.telemetry.store_queue_size.set(len(self._pending))
+        self.telemetry.store_queue_bytes.set(self._pending_bytes)
+        return taken
+
+    def _retention_wait(self) -> float:
+        return max(0.05, self._next_retention - time.monotonic())
+
+    def _run(self) -> None:
+        self._next_retention = time.monotonic() + self.config.retention.check_interval
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            if taken:
+                self._commit(taken)
+            if time.monotonic() >= self._next_retention:
+                self._enforce_retention()
+                self._next_retention = time.monotonic() + self.config.retention.check_interval
+
+    def _commit(self, taken: list[_Pending]) -> None:
+        assert self._con is not None
+        con = self._con
+        now_ns = time.time_ns()
+        tables = []
+        for item in taken:
+            n = item.batch.num_spans
+            seq = self._next_seq
+            self._next_seq += 1
+            extra = [
+                pa.repeat(pa.scalar(item.batch.source, pa.string()), n),
+                pa.repeat(pa.scalar(seq, pa.int64()), n),
+                pa.repeat(pa.scalar(now_ns, pa.int64()), n),
+            ]
+            table = item.batch.spans
+            for (name, _, _), column in zip(STORE_COLUMNS, extra, strict=True):
+                table = table.append_column(name, column)
+            tables.append(table)
+        started = time.perf_counter()
+        try:
+            incoming = pa.concat_tables(tables)
+            con.register("incoming", incoming)
+            try:
+                new_rows = con.execute(
+                    "INSERT OR IGNORE INTO spans SELECT * FROM incoming RETURNING ingest_seq"
+                ).fetchall()
+            finally:
+                con.unregister("incoming")
+        except duckdb.Error as exc:
+            self._fail(taken, exc)
+            return
+        elapsed = time.perf_counter() - started
+        new_per_seq = Counter(row[0] for row in new_rows)
+        total = sum(item.batch.num_spans for item in taken)
+        self.telemetry.committed(len(new_rows), total - len(new_rows), elapsed)
+
+        results = []
+        for item, table in zip(taken, tables, strict=True):
+            seq = table.column("ingest_seq")[0].as_py() if table.num_rows else self._next_seq
+            stored = new_per_seq.get(seq, 0)
+            results.append((item, CommitResult(seq, stored, item.batch.num_spans - stored), table))
+        needs_events = bool(self._listeners)
+        if needs_events and len(new_rows) < total:
+            results = self._only_new(results)
+        for item, result, table in results:
+            item.loop.call_soon_threadsafe(self._deliver, item, result, table if needs_events else None)
+
+    def _only_new(self, results: list[tuple[_Pending, CommitResult, pa.Table]]) -> list[tuple[_Pending, CommitResult, pa.Table]]:
+        """Drop redelivered spans from commit-event tables (rare path: only when duplicates arrived).
+
+        A span is new in its request iff the row stored under its key carries that request's ingest_seq.
+        """
+        assert self._con is not None
+        out = []
+        for item, result, table in results:
+            if result.duplicates and table.num_rows:
+                if result.stored == 0:
+                    table = table.slice(0, 0)
+                else:
+                    rows = self._con.execute(
+                        "SELECT trace_id, span_id FROM spans WHERE ingest_seq = ?", [result.ingest_seq]
+                    ).fetchall()
+                    keep = {t + s for t, s in rows}
+                    keys = [t + s for t, s in zip(table.column("trace_id").to_pylist(),
+                                                  table.column("span_id").to_pylist(), strict=True)]
+                    table = table.filter(pa.array([key in keep for key in keys]))
+            out.append((item, result, table))
+        return out
+
+    def _deliver(self, item: _Pending, result: CommitResult, table: pa.Table | None) -> None:
+        if not item.future.done():
+            item.future.set_result(result)
+        if table is None or not table.num_rows:
+            return
+        event = CommitEvent(item.pipeline, item.batch.source, result.ingest_seq, table)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception as exc:  # a listener bug must not break the ack path
+                self.telemetry.log.error("commit listener failed", error=repr(exc))
+
+    def _fail(self, taken: list[_Pending], error: duckdb.Error) -> None:
+        self.telemetry.store_write_failed(error, len(taken))
+        if isinstance(error, duckdb.FatalException) or "invalidated" in str(error):
+            self._failed = error  # DuckDB refuses all further writes; readiness reports it
+        refusal = Refused("store_error", f"the store could not commit the request: {error}",
+                          self._queue_config.retry_after)
+
+        def reject(item: _Pending) -> None:
+            if not item.future.done():
+                item.future.set_exception(refusal)
+
+        for item in taken:
+            item.loop.call_soon_threadsafe(reject, item)
+
+    # -- retention --------------------------------------------------------------------------------
+
+    def _enforce_retention(self) -> None:
+        assert self._con is not None
+        retention = self.config.retention
+        try:
+            if retention.max_age is not None:
+                cutoff = time.time_ns() - int(retention.max_age * 1e9)
+                self._drop_before(cutoff, "age")
+            if retention.max_size is not None:
+                for _ in range(20):  # each round drops ~10% of the spans, oldest first
+                    if self.data_size() <= retention.max_size:
+                        break
+                    cutoff = scalar(self._con, "SELECT quantile_disc(end_ns, 0.1) FROM spans")
+                    if cutoff is None:
+                        break
+                    self._drop_before(int(cutoff) + 1, "size")
+        except duckdb.Error as exc:
+            self.telemetry.log.error("retention failed", error=str(exc))
+
+    def _drop_before(self, cutoff_ns: int, reason: str) -> None:
+        assert self._con is not None
+        dropped = int(scalar(self._con, "DELETE FROM spans WHERE end_ns < ?", [cutoff_ns]) or 0)
+        if dropped:
+            self._con.execute("CHECKPOINT")
+            self.telemetry.retention_dropped(reason, dropped, cutoff_ns)
+
+    def data_size(self) -> int:
+        """Bytes of live data in the file (used blocks), plus the WAL not yet checkpointed."""
+        assert self._con is not None
+        used = scalar(self._con, "SELECT block_size * used_blocks FROM pragma_database_size()")
+        wal = self.config.path.with_name(self.config.path.name + ".wal")
+        return int(used or 0) + (os.path.getsize(wal) if wal.exists() else 0)

@@ -1,0 +1,3 @@
+from halod.processors.redact.factory import FACTORY
+
+__all__ = ["FACTORY"]

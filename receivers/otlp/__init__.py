@@ -1,0 +1,3 @@
+from halod.receivers.otlp.factory import FACTORY
+
+__all__ = ["FACTORY"]

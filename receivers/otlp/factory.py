@@ -1,0 +1,23 @@
+"""Factory of the `otlp` receiver. The gRPC/HTTP servers load only when the receiver is created."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from halod.components import Consumer, CreateSettings, Factory, Kind
+from halod.receivers.otlp.config import OTLPReceiverConfig
+
+
+def create(settings: CreateSettings, config: OTLPReceiverConfig, next_consumer: Consumer) -> Any:
+    from halod.receivers.otlp.receiver import OTLPReceiver
+
+    return OTLPReceiver(settings, config, next_consumer)
+
+
+FACTORY = Factory(
+    kind=Kind.RECEIVER,
+    type="otlp",
+    config_model=OTLPReceiverConfig,
+    create=create,
+    description="OTLP traces over gRPC (TraceService/Export) and HTTP (POST /v1/traces, protobuf or JSON).",
+)

@@ -1,0 +1,196 @@
+"""Shared fixtures: real halod daemons on free 127.0.0.1 ports, started as subprocesses.
+
+Tests never bind the default ports, so they run beside a halod already running on this machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+FIXTURES = DATASETS / "otel-fixtures"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `python -m halod ARGS` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "halod", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@dataclass
+class Daemon:
+    """A halod subprocess with its config file, ports and log."""
+
+    workdir: Path
+    config: dict[str, Any]
+    grpc_port: int
+    http_port: int
+    admin_port: int
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "halod.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "halod.log"
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.config["storage"]["path"])
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/v1/traces"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self, wait: bool = True) -> Daemon:
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "halod", "run", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env={**os.environ, **self.env},
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"halod exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.admin_url + "/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"halod not ready after {timeout} s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send `sig` and wait for the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run a CLI command against this daemon's config (e.g. cli("query", "SELECT 1"))."""
+        return run_cli(*args, "--config", str(self.config_path), env=self.env, timeout=timeout)
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        """Rows of a read-only query through `halod query --json` (the daemon's admin API when up)."""
+        result = self.cli("query", sql, "--json", "--max-rows", "100000")
+        if result.returncode != 0:
+            raise AssertionError(f"halod query failed ({result.returncode}): {result.stderr}")
+        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.admin_url + "/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+
+def base_config(workdir: Path, grpc_port: int, http_port: int, admin_port: int) -> dict[str, Any]:
+    return {
+        "storage": {"path": str(workdir / "data" / "halod.duckdb")},
+        "receivers": {
+            "otlp": {
+                "protocols": {
+                    "grpc": {"endpoint": f"127.0.0.1:{grpc_port}"},
+                    "http": {"endpoint": f"127.0.0.1:{http_port}"},
+                }
+            }
+        },
+        "service": {
+            "pipelines": {"traces": {"receivers": ["otlp"]}},
+            "telemetry": {"metrics": {"address": f"127.0.0.1:{admin_port}"}, "logs": {"encoding": "json"}},
+            "shutdown_timeout": "20s",
+        },
+    }
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Factory: make_daemon(overrides={...}, start=True, env={...}) -> a Daemon on free ports.
+
+    `overrides` is deep-merged into the base config (storage under tmp_path, otlp grpc+http,
+    admin listener, one traces pipeline). Every daemon still running at the end is killed.
+    """
+    daemons: list[Daemon] = []
+
+    def make(overrides: dict[str, Any] | None = None, start: bool = True, env: dict[str, str] | None = None,
+             name: str = "daemon") -> Daemon:
+        workdir = tmp_path / f"{name}{len(daemons)}"
+        workdir.mkdir()
+        ports = free_port(), free_port(), free_port()
+        config = deep_merge(base_config(workdir, *ports), overrides or {})
+        daemon = Daemon(workdir, config, *ports, env=env or {})
+        daemons.append(daemon)
+        return daemon.start() if start else daemon
+
+    yield make
+    for daemon in daemons:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(10)
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    """A running halod with the base config."""
+    return make_daemon()
