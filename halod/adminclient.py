@@ -7,6 +7,7 @@ itself only when nothing answers there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import urllib.error
@@ -54,10 +55,8 @@ class AdminClient:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace").strip()
-            try:
+            with contextlib.suppress(ValueError, AttributeError):
                 detail = json.loads(detail).get("error", detail)
-            except (ValueError, AttributeError):
-                pass
             raise AdminError(f"halod at {self.base_url} answered {exc.code}: {detail}") from None
 
     def is_up(self) -> bool:

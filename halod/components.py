@@ -15,10 +15,11 @@ handed to a component that is not running.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import importlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -124,9 +125,10 @@ class Factory(Generic[ConfigT]):
 
     kind: Kind
     type: str
-    config_model: type[ConfigT]
+    config_model: builtins.type[ConfigT]
     create: Callable[..., Any]
     description: str = ""
+    example: str = ""  # a YAML example for the component's README (docs are generated from the factory)
 
     def default_config(self) -> ConfigT:
         return self.config_model()
@@ -174,5 +176,3 @@ def default_registry() -> Registry:
         _default = registry
     return _default
 
-
-AsyncCallback = Callable[[], Awaitable[None]]

@@ -200,7 +200,8 @@ def substitute_env(node: Any, environ: dict[str, str], problems: list[str], path
         reference = _ENV_REFERENCE.match(match.group(1))
         if reference is None:
             problems.append(
-                f"{_path_str(path)}: unsupported substitution {match.group(0)!r} (use ${{env:VAR}} or ${{env:VAR:-default}})"
+                f"{_path_str(path)}: unsupported substitution {match.group(0)!r} "
+                "(use ${env:VAR} or ${env:VAR:-default})"
             )
             return match.group(0)
         name, default = reference.group(1), reference.group(2)

@@ -21,7 +21,6 @@ from typing import Any
 from halod import __version__
 from halod.admin import AdminServer
 from halod.config import HalodConfig
-from halod.model import Refused
 from halod.pipeline import Graph, build_graph
 from halod.store import SpanStore
 from halod.telemetry import Telemetry
@@ -157,8 +156,8 @@ async def run_daemon(config: HalodConfig) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await daemon.start()
-    except Refused as exc:  # pragma: no cover - defensive
-        daemon.telemetry.log.error("startup failed", error=str(exc))
+    except Exception as exc:  # a port in use, a locked or unreadable database, a bad TLS file, ...
+        daemon.telemetry.log.error("startup failed", error=f"{type(exc).__name__}: {exc}")
         return 1
     await stop.wait()
     try:

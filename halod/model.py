@@ -78,11 +78,11 @@ class SpanBatch:
 
     @property
     def num_spans(self) -> int:
-        return self.spans.num_rows
+        return int(self.spans.num_rows)
 
     @property
     def nbytes(self) -> int:
-        return self.spans.nbytes
+        return int(self.spans.nbytes)
 
 
 @dataclass(slots=True, frozen=True)

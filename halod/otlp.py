@@ -10,17 +10,13 @@ rejected through partial success, like a protobuf span with a bad id.
 from __future__ import annotations
 
 import base64
-import binascii
 import zlib
 from typing import Any
 
 import orjson
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from google.protobuf.message import DecodeError, Message
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from halod.model import InvalidPayload
 
@@ -45,7 +41,8 @@ def gunzip(body: bytes, limit: int) -> bytes:
 
 def decode_protobuf(body: bytes) -> ExportTraceServiceRequest:
     try:
-        return ExportTraceServiceRequest.FromString(body)
+        request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(body)
+        return request
     except DecodeError as exc:
         raise InvalidPayload(f"body is not a valid OTLP ExportTraceServiceRequest protobuf: {exc}") from None
 
@@ -63,7 +60,9 @@ def decode_json(body: bytes | str | dict[str, Any]) -> ExportTraceServiceRequest
         raise InvalidPayload("OTLP/JSON body must be an object with resourceSpans")
     try:
         _hex_ids_to_base64(document)
-        return json_format.ParseDict(document, ExportTraceServiceRequest(), ignore_unknown_fields=True)
+        request = ExportTraceServiceRequest()
+        json_format.ParseDict(document, request, ignore_unknown_fields=True)
+        return request
     except (json_format.ParseError, TypeError, AttributeError, ValueError) as exc:
         raise InvalidPayload(f"body is not a valid OTLP/JSON ExportTraceServiceRequest: {exc}") from None
 
@@ -108,11 +107,8 @@ def decode(body: bytes, content_type: str) -> ExportTraceServiceRequest:
     raise InvalidPayload(f"unsupported content type {content_type!r}: use {PROTOBUF} or {JSON}", reason="media_type")
 
 
-def encode_response(response: ExportTraceServiceResponse, media: str) -> bytes:
+def encode(message: Message, media: str) -> bytes:
+    """A response (or google.rpc.Status) in the request's encoding."""
     if media == JSON:
-        return json_format.MessageToJson(response, indent=None).encode()
-    return response.SerializeToString()
-
-
-def hex_id(value: bytes) -> str:
-    return binascii.hexlify(value).decode()
+        return str(json_format.MessageToJson(message, indent=None)).encode()
+    return bytes(message.SerializeToString())

@@ -19,7 +19,7 @@ from typing import Any
 
 from halod.components import ComponentID, Consumer, CreateSettings, Kind
 from halod.config import HalodConfig
-from halod.model import CommitEvent, CommitResult, SpanBatch
+from halod.model import CommitEvent, CommitResult, InvalidPayload, Refused, SpanBatch
 from halod.sending_queue import SendingQueue, SendingQueueConfig
 from halod.store import SpanStore
 from halod.telemetry import Telemetry
@@ -48,8 +48,6 @@ class ProcessorGuard:
         try:
             result: CommitResult = await self.processor.consume(batch)
         except Exception as exc:
-            from halod.model import InvalidPayload, Refused
-
             if not isinstance(exc, Refused | InvalidPayload):
                 self._telemetry.processor_failed(self._id, exc)
             raise

@@ -10,7 +10,7 @@ import hmac
 import ssl
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
@@ -25,6 +25,12 @@ class AuthConfig(StrictModel):
         description="When set, requests must carry `Authorization: Bearer <token>`. "
         "Use ${env:VAR} rather than writing the token into the file.",
     )
+
+    @field_validator("bearer_token")
+    @classmethod
+    def _empty_is_unset(cls, token: SecretStr | None) -> SecretStr | None:
+        # `${env:HALOD_TOKEN:-}` turns auth on exactly when the variable is set and non-empty.
+        return token if token is not None and token.get_secret_value().strip() else None
 
     def check(self, authorization: str | None) -> bool:
         """True when no token is configured or ``authorization`` carries the right one."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from halod.components import CreateSettings, Factory, Kind
 from halod.exporters.debug.config import DebugConfig
+
+from halod.components import CreateSettings, Factory, Kind
 
 
 def create(settings: CreateSettings, config: DebugConfig) -> Any:
@@ -14,10 +15,20 @@ def create(settings: CreateSettings, config: DebugConfig) -> Any:
     return DebugExporter(settings, config)
 
 
-FACTORY = Factory(
+FACTORY: Factory[DebugConfig] = Factory(
     kind=Kind.EXPORTER,
     type="debug",
     config_model=DebugConfig,
     create=create,
     description="Logs every commit (and, detailed, every span) of its pipelines.",
+    example="""
+exporters:
+  debug:
+    verbosity: detailed
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [debug]
+""",
 )

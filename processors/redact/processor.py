@@ -11,10 +11,10 @@ import re
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from halod.processors.redact.config import RedactConfig
 
 from halod.components import Consumer, CreateSettings, Host
 from halod.model import CommitResult, SpanBatch
-from halod.processors.redact.config import RedactConfig
 
 TEXT_COLUMNS = ("input_text", "output_text", "tool_arguments", "status_message",
                 "attributes", "events", "links")

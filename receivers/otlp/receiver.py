@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
 
 import grpc
 from aiohttp import web
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.duration_pb2 import Duration as DurationProto
 from google.rpc import error_details_pb2, status_pb2
+from halod.receivers.otlp.config import GRPCConfig, HTTPConfig, OTLPReceiverConfig
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceRequest,
@@ -37,7 +37,6 @@ from halod import otlp
 from halod.components import Consumer, CreateSettings, Host
 from halod.model import InvalidPayload, Refused
 from halod.normalize import normalize_request
-from halod.receivers.otlp.config import GRPCConfig, HTTPConfig, OTLPReceiverConfig
 from halod.units import split_endpoint
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -178,7 +177,7 @@ class OTLPReceiver:
                 grpc.StatusCode.UNAVAILABLE, exc.message,
                 trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
             )
-        return response.SerializeToString()
+        return bytes(response.SerializeToString())
 
     # -- HTTP ----------------------------------------------------------------------------------------
 
@@ -203,7 +202,7 @@ class OTLPReceiver:
         except Refused as exc:
             return _status_response(503, exc.message, reply_media,
                                     {"Retry-After": str(math.ceil(exc.retry_after_s))})
-        return web.Response(body=otlp.encode_response(response, reply_media), content_type=reply_media)
+        return web.Response(body=otlp.encode(response, reply_media), content_type=reply_media)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -225,9 +224,5 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 def _status_response(status: int, message: str, media: str, headers: dict[str, str] | None = None) -> web.Response:
     """An OTLP/HTTP error: a google.rpc.Status in the request's encoding."""
     code = {400: 3, 401: 16, 413: 8, 415: 3, 503: 14}.get(status, 2)
-    body: Any = status_pb2.Status(code=code, message=message)
-    if media == otlp.JSON:
-        payload = otlp.json_format.MessageToJson(body, indent=None).encode()
-    else:
-        payload = body.SerializeToString()
+    payload = otlp.encode(status_pb2.Status(code=code, message=message), media)
     return web.Response(status=status, body=payload, content_type=media, headers=headers)
