@@ -23,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from halod import __version__
+from halod.components import listen_failed
 from halod.config import MetricsConfig
 from halod.store import QueryError, SpanStore
 from halod.telemetry import Telemetry
@@ -87,7 +88,10 @@ class AdminServer:
         await self._runner.setup()
         ssl_context = self._config.tls.server_context() if self._config.tls else None
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise listen_failed("admin/metrics listener", self._config.address, exc) from None
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.bound_port = sockets[0].getsockname()[1] if sockets else port

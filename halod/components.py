@@ -18,6 +18,7 @@ from __future__ import annotations
 import builtins
 import enum
 import importlib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,17 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     from halod.model import CommitEvent, CommitResult, SpanBatch
     from halod.telemetry import Telemetry
+
+
+class StartError(Exception):
+    """A component could not start; the message names the component and what it could not do."""
+
+
+def listen_failed(who: str, endpoint: str, error: BaseException) -> StartError:
+    """The error for a listener that could not bind (port in use, permission, bad address)."""
+    errno = getattr(error, "errno", None)
+    reason = os.strerror(errno) if errno else str(error).split(";")[0]
+    return StartError(f"{who}: cannot listen on {endpoint}: {reason}")
 
 
 class Kind(enum.StrEnum):

@@ -20,6 +20,7 @@ from typing import Any
 
 from halod import __version__
 from halod.admin import AdminServer
+from halod.components import StartError
 from halod.config import HalodConfig
 from halod.pipeline import Graph, build_graph
 from halod.store import SpanStore
@@ -156,7 +157,10 @@ async def run_daemon(config: HalodConfig) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await daemon.start()
-    except Exception as exc:  # a port in use, a locked or unreadable database, a bad TLS file, ...
+    except StartError as exc:
+        daemon.telemetry.log.error("startup failed", error=str(exc))
+        return 1
+    except Exception as exc:  # a locked or unreadable database, a bad TLS file, ...
         daemon.telemetry.log.error("startup failed", error=f"{type(exc).__name__}: {exc}")
         return 1
     await stop.wait()

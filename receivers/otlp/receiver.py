@@ -34,7 +34,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from halod import otlp
-from halod.components import Consumer, CreateSettings, Host
+from halod.components import Consumer, CreateSettings, Host, listen_failed
 from halod.model import InvalidPayload, Refused
 from halod.normalize import normalize_request
 from halod.units import split_endpoint
@@ -59,10 +59,14 @@ class OTLPReceiver:
     async def start(self, host: Host) -> None:
         self._host = host
         protocols = self.config.protocols
-        if protocols.grpc is not None:
-            await self._start_grpc(protocols.grpc)
-        if protocols.http is not None:
-            await self._start_http(protocols.http)
+        try:
+            if protocols.grpc is not None:
+                await self._start_grpc(protocols.grpc)
+            if protocols.http is not None:
+                await self._start_http(protocols.http)
+        except BaseException:
+            await self.shutdown()  # e.g. the HTTP port is taken: stop the gRPC server already started
+            raise
 
     async def shutdown(self) -> None:
         grace = self.config.grace_period
@@ -97,9 +101,13 @@ class OTLPReceiver:
                 root_certificates=config.tls.client_ca_file.read_bytes() if config.tls.client_ca_file else None,
                 require_client_auth=config.tls.client_ca_file is not None,
             )
-            port = server.add_secure_port(config.endpoint, credentials)
-        else:
-            port = server.add_insecure_port(config.endpoint)
+        try:
+            if config.tls is not None:
+                port = server.add_secure_port(config.endpoint, credentials)
+            else:
+                port = server.add_insecure_port(config.endpoint)
+        except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
+            raise listen_failed(f"receiver {self.id} (grpc)", config.endpoint, exc) from None
         await server.start()
         self._grpc_server = server
         self.grpc_port = port
@@ -110,13 +118,18 @@ class OTLPReceiver:
         app = web.Application(client_max_size=config.max_request_body_size)
         app.router.add_post(config.traces_url_path, self._http_export)
         # auto_decompress off: _read_body inflates gzip itself, bounded by max_request_body_size.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+        # shutdown_timeout: on shutdown, requests in flight get grace_period to finish (aiohttp's default is 60 s).
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False,
+                               shutdown_timeout=self.config.grace_period)
         await runner.setup()
+        self._http_runner = runner  # set before binding, so shutdown() cleans it up if binding fails
         host, port = split_endpoint(config.endpoint)
         ssl_context = config.tls.server_context() if config.tls else None
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
-        await site.start()
-        self._http_runner = runner
+        try:
+            await site.start()
+        except OSError as exc:
+            raise listen_failed(f"receiver {self.id} (http)", config.endpoint, exc) from None
         sockets = getattr(getattr(site, "_server", None), "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else port
         self._telemetry.log.info("otlp http listening", receiver=self.id, endpoint=config.endpoint,
@@ -173,9 +186,14 @@ class OTLPReceiver:
             detail = AnyProto()
             detail.Pack(retry)
             status.details.append(detail)
+            # The standard place is the status details; opentelemetry-python's exporter reads the
+            # RetryInfo only from its own header, so both carry it.
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, exc.message,
-                trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+                trailing_metadata=(
+                    ("grpc-status-details-bin", status.SerializeToString()),
+                    ("google.rpc.retryinfo-bin", retry.SerializeToString()),
+                ),
             )
         return bytes(response.SerializeToString())
 
