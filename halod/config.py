@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -232,13 +232,20 @@ def _pydantic_problems(error: ValidationError, prefix: tuple[Any, ...], model: t
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The keys a nested model accepts at `loc`, for "unknown key" messages."""
     current: Any = model
+    mapping_key = False  # the next part is a key of a dict-valued field (a pipeline name), not a field
     for part in loc:
+        if mapping_key:
+            mapping_key = False
+            continue
         if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
             continue
         info = current.model_fields.get(part)
         if info is None:
             return []
         annotation = info.annotation
+        if get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+            mapping_key = True
         candidates = [annotation, *getattr(annotation, "__args__", ())]
         current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if current is None:

@@ -26,7 +26,11 @@ _INVALID_ID = base64.b64encode(b"\x00").decode()  # decodes to 1 byte: rejected 
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
-    """Inflate a gzip body, refusing to expand past `limit` bytes (a decompression bomb guard)."""
+    """Inflate a gzip body, refusing to expand past `limit` bytes (a decompression bomb guard).
+
+    Only single-member bodies are accepted: anything after the first gzip member (a second member,
+    garbage) is refused rather than silently dropped with the spans it may carry.
+    """
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
         data = inflater.decompress(body, limit + 1)
@@ -36,6 +40,11 @@ def gunzip(body: bytes, limit: int) -> bytes:
         raise InvalidPayload(f"decompressed body exceeds the limit of {limit} bytes", reason="too_large")
     if not inflater.eof:
         raise InvalidPayload("invalid gzip body: truncated")
+    if inflater.unused_data:
+        raise InvalidPayload(
+            f"invalid gzip body: {len(inflater.unused_data)} byte(s) after the end of the gzip stream "
+            "(multi-member gzip is not supported)"
+        )
     return data
 
 

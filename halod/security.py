@@ -10,7 +10,7 @@ import hmac
 import ssl
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 
 class StrictModel(BaseModel):
@@ -49,13 +49,13 @@ class TLSConfig(StrictModel):
         default=None, description="When set, clients must present a certificate signed by this CA (mTLS)."
     )
 
-    @model_validator(mode="after")
-    def _files_exist(self) -> TLSConfig:
-        for name in ("cert_file", "key_file", "client_ca_file"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name}: file {str(path)!r} does not exist")
-        return self
+    @field_validator("cert_file", "key_file", "client_ca_file")
+    @classmethod
+    def _file_exists(cls, path: Path | None) -> Path | None:
+        # A field validator, so every missing file is reported under its own path (tls.key_file: ...).
+        if path is not None and not path.is_file():
+            raise ValueError(f"file {str(path)!r} does not exist")
+        return path
 
     def server_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from halod.exporters.debug.config import DebugConfig
-
 from halod.components import CreateSettings, Host
+from halod.exporters.debug.config import DebugConfig
 from halod.model import CommitEvent
 
 _SPAN_FIELDS = ("trace_id", "span_id", "name", "semantic_kind", "service_name", "status_code")

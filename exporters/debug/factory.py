@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from halod.exporters.debug.config import DebugConfig
-
 from halod.components import CreateSettings, Factory, Kind
+from halod.exporters.debug.config import DebugConfig
 
 
 def create(settings: CreateSettings, config: DebugConfig) -> Any:

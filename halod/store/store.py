@@ -84,6 +84,7 @@ class SpanStore:
         self._next_seq = 1
         self._failed: BaseException | None = None
         self._next_retention = 0.0
+        self._size_after_drop: int | None = None  # data size right after the last size-retention drop
         telemetry.store_queue_capacity.set(config.queue.queue_size)
         telemetry.store_queue_capacity_bytes.set(config.queue.max_inflight_bytes)
 
@@ -93,8 +94,15 @@ class SpanStore:
         path = self.config.path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._con = connect(path, memory_limit=self.config.memory_limit)
-        applied = migrate(self._con)
-        self._next_seq = int(scalar(self._con, "SELECT coalesce(max(ingest_seq), 0) FROM spans")) + 1
+        try:
+            applied = migrate(self._con)
+            self._next_seq = int(scalar(self._con, "SELECT coalesce(max(ingest_seq), 0) FROM spans")) + 1
+        except BaseException:
+            # A refused file (newer schema, failed migration) must not look open: writes would queue
+            # for a writer that never starts, and the file would stay locked.
+            self._con.close()
+            self._con = None
+            raise
         self.telemetry.log.info("store opened", path=str(path), migrations_applied=applied, next_ingest_seq=self._next_seq)
         self._thread = threading.Thread(target=self._run, name="halod-store-writer", daemon=True)
         self._thread.start()
@@ -207,10 +215,12 @@ class SpanStore:
         con = self._con
         now_ns = time.time_ns()
         tables = []
+        seqs = []
         for item in taken:
             n = item.batch.num_spans
             seq = self._next_seq
             self._next_seq += 1
+            seqs.append(seq)
             extra = [
                 pa.repeat(pa.scalar(item.batch.source, pa.string()), n),
                 pa.repeat(pa.scalar(seq, pa.int64()), n),
@@ -239,8 +249,7 @@ class SpanStore:
         self.telemetry.committed(len(new_rows), total - len(new_rows), elapsed)
 
         results = []
-        for item, table in zip(taken, tables, strict=True):
-            seq = table.column("ingest_seq")[0].as_py() if table.num_rows else self._next_seq
+        for item, table, seq in zip(taken, tables, seqs, strict=True):
             stored = new_per_seq.get(seq, 0)
             results.append((item, CommitResult(seq, stored, item.batch.num_spans - stored), table))
         needs_events = bool(self._listeners)
@@ -267,7 +276,13 @@ class SpanStore:
                     keep = {t + s for t, s in rows}
                     keys = [t + s for t, s in zip(table.column("trace_id").to_pylist(),
                                                   table.column("span_id").to_pylist(), strict=True)]
-                    table = table.filter(pa.array([key in keep for key in keys]))
+                    # a span sent twice in one request is stored once, so it is new once
+                    seen: set[str] = set()
+                    mask = []
+                    for key in keys:
+                        mask.append(key in keep and key not in seen)
+                        seen.add(key)
+                    table = table.filter(pa.array(mask))
             out.append((item, result, table))
         return out
 
@@ -307,15 +322,31 @@ class SpanStore:
                 cutoff = time.time_ns() - int(retention.max_age * 1e9)
                 self._drop_before(cutoff, "age")
             if retention.max_size is not None:
-                for _ in range(20):  # each round drops ~10% of the spans, oldest first
-                    if self.data_size() <= retention.max_size:
-                        break
-                    cutoff = scalar(self._con, "SELECT quantile_disc(end_ns, 0.1) FROM spans")
-                    if cutoff is None:
-                        break
-                    self._drop_before(int(cutoff) + 1, "size")
+                self._enforce_max_size(retention.max_size)
         except duckdb.Error as exc:
             self.telemetry.log.error("retention failed", error=str(exc))
+
+    def _enforce_max_size(self, max_size: int) -> None:
+        """Drop the oldest spans (by end time) so the data fits in 90% of `max_size`.
+
+        DuckDB frees space by row groups (~122k rows): deleting part of one does not shrink the file,
+        so the size is not re-measured after a delete (that would keep deleting until nothing is
+        left). The rows to keep are estimated once from the bytes per row, and nothing more is
+        dropped until the data grows past the size it had right after the last drop (new spans
+        first reuse the space freed). The file can exceed `max_size` by about one row group.
+        """
+        assert self._con is not None
+        size = self.data_size()
+        if size <= max_size or (self._size_after_drop is not None and size <= self._size_after_drop):
+            return
+        rows = int(scalar(self._con, "SELECT count(*) FROM spans") or 0)
+        drop = rows - int(rows * 0.9 * max_size / size)
+        if rows == 0 or drop <= 0:
+            return
+        cutoff = scalar(self._con, "SELECT end_ns FROM spans ORDER BY end_ns LIMIT 1 OFFSET ?", [drop - 1])
+        if cutoff is not None:
+            self._drop_before(int(cutoff) + 1, "size")
+        self._size_after_drop = self.data_size()
 
     def _drop_before(self, cutoff_ns: int, reason: str) -> None:
         assert self._con is not None

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from halod.processors.redact.config import RedactConfig
-
 from halod.components import Consumer, CreateSettings, Factory, Kind
+from halod.processors.redact.config import RedactConfig
 
 
 def create(settings: CreateSettings, config: RedactConfig, next_consumer: Consumer) -> Any:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from halod.receivers.otlp.config import OTLPReceiverConfig
-
 from halod.components import Consumer, CreateSettings, Factory, Kind
+from halod.receivers.otlp.config import OTLPReceiverConfig
 
 
 def create(settings: CreateSettings, config: OTLPReceiverConfig, next_consumer: Consumer) -> Any:

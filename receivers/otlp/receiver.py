@@ -26,7 +26,6 @@ from aiohttp import web
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.duration_pb2 import Duration as DurationProto
 from google.rpc import error_details_pb2, status_pb2
-from halod.receivers.otlp.config import GRPCConfig, HTTPConfig, OTLPReceiverConfig
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceRequest,
@@ -37,6 +36,7 @@ from halod import otlp
 from halod.components import Consumer, CreateSettings, Host, listen_failed
 from halod.model import InvalidPayload, Refused
 from halod.normalize import normalize_request
+from halod.receivers.otlp.config import GRPCConfig, HTTPConfig, OTLPReceiverConfig
 from halod.units import split_endpoint
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
