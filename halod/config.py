@@ -23,10 +23,12 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 from halod.components import ComponentID, Factory, Kind, Registry, default_registry
 from halod.security import AuthConfig, StrictModel, TLSConfig
@@ -270,12 +272,16 @@ def parse_config(
         raise ConfigError(source, ["<root>: the configuration must be a mapping of sections"])
     document = substitute_env(document, dict(os.environ) if environ is None else environ, problems)
 
-    # Component sections are validated by their factories below; check the frame first.
-    try:
-        top = DocumentConfig.model_validate(document)
-    except ValidationError as exc:
-        problems += _pydantic_problems(exc, (), DocumentConfig)
-        top = None
+    # Each section is validated on its own, so a problem in one never hides those of another
+    # (component sections are validated by their factories below).
+    for key in document:
+        if key not in DocumentConfig.model_fields:
+            problems.append(f"{key}: unknown section (allowed: {', '.join(DocumentConfig.model_fields)})")
+    storage = _validate_section(StorageConfig, document, "storage", problems)
+    service = _validate_section(ServiceConfig, document, "service", problems)
+    for kind in Kind:
+        if not isinstance(document.get(kind.section) or {}, dict):
+            problems.append(f"{kind.section}: must be a mapping of component ids to their configs")
 
     components: dict[tuple[Kind, ComponentID], ComponentSpec] = {}
     for kind in Kind:
@@ -304,21 +310,31 @@ def parse_config(
             components[(kind, cid)] = ComponentSpec(kind, cid, factory, config)
 
     warnings: list[str] = []
-    if top is not None:
-        problems += _check_references(top, document, warnings)
-    if problems:
+    if service is not None:
+        problems += _check_references(service, document, warnings)
+    if problems or storage is None or service is None:
         raise ConfigError(source, problems, warnings)
-    assert top is not None
-    return HalodConfig(source, top.storage, top.service, components, warnings)
+    return HalodConfig(source, storage, service, components, warnings)
 
 
-def _check_references(top: DocumentConfig, document: dict[str, Any], warnings: list[str]) -> list[str]:
+def _validate_section(model: type[SectionT], document: dict[str, Any], key: str, problems: list[str]) -> SectionT | None:
+    if key not in document and model is ServiceConfig:
+        problems.append(f"{key}: required section is missing (it declares the pipelines)")
+        return None
+    try:
+        return model.model_validate(document.get(key) or {})
+    except ValidationError as exc:
+        problems += _pydantic_problems(exc, (key,), model)
+        return None
+
+
+def _check_references(service: ServiceConfig, document: dict[str, Any], warnings: list[str]) -> list[str]:
     """Pipelines reference defined components; each receiver feeds one pipeline; unused ones warn."""
     problems: list[str] = []
     defined = {kind: set(document.get(kind.section) or {}) for kind in Kind}
     used: dict[Kind, set[str]] = {kind: set() for kind in Kind}
     receiver_pipeline: dict[str, str] = {}
-    for name, pipeline in top.service.pipelines.items():
+    for name, pipeline in service.pipelines.items():
         for kind, ids in (
             (Kind.RECEIVER, pipeline.receivers),
             (Kind.PROCESSOR, pipeline.processors),
@@ -341,7 +357,7 @@ def _check_references(top: DocumentConfig, document: dict[str, Any], warnings: l
                             "a receiver may feed only one pipeline (all pipelines share one store)"
                         )
                     receiver_pipeline.setdefault(cid, name)
-    for index, cid in enumerate(top.service.extensions):
+    for index, cid in enumerate(service.extensions):
         if cid not in defined[Kind.EXTENSION]:
             problems.append(f"service.extensions[{index}]: extension {cid!r} is not defined in extensions")
         used[Kind.EXTENSION].add(cid)

@@ -296,7 +296,7 @@ def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
 def test_empty_document_reports_missing_service() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(None)
-    assert info.value.problems == ["service: required key is missing"]
+    assert info.value.problems == ["service: required section is missing (it declares the pipelines)"]
 
 
 # ------------------------------------------------------------------------------------------------- units
