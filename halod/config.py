@@ -28,13 +28,12 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-SectionT = TypeVar("SectionT", bound=BaseModel)
-
 from halod.components import ComponentID, Factory, Kind, Registry, default_registry
 from halod.security import AuthConfig, StrictModel, TLSConfig
 from halod.units import ByteSize, Duration, Endpoint
 
 EMBEDDED_DEFAULT = "<embedded default>"
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
 class RetentionConfig(StrictModel):
@@ -317,7 +316,9 @@ def parse_config(
     return HalodConfig(source, storage, service, components, warnings)
 
 
-def _validate_section(model: type[SectionT], document: dict[str, Any], key: str, problems: list[str]) -> SectionT | None:
+def _validate_section(
+    model: type[SectionT], document: dict[str, Any], key: str, problems: list[str]
+) -> SectionT | None:
     if key not in document and model is ServiceConfig:
         problems.append(f"{key}: required section is missing (it declares the pipelines)")
         return None

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from halod.config import StorageConfig
-from halod.model import CommitEvent, CommitResult, Refused, SpanBatch
+from halod.model import CommitEvent, CommitResult, InvalidPayload, Refused, SpanBatch
 from halod.normalize import normalize_request
 from halod.store import LATEST_VERSION, QueryError, SchemaError, SpanStore, StoreClosed, connect, migrate
 from halod.telemetry import Telemetry
@@ -467,3 +468,24 @@ async def test_close_commits_what_is_queued(make_store: StoreFactory) -> None:
     reopened = await opened(make_store())
     assert await query(reopened, "SELECT count(*) FROM spans") == [(sum(r.stored for r in accepted),)]
     assert accepted
+
+
+async def test_a_request_the_store_refuses_fails_alone(make_store: StoreFactory) -> None:
+    """A batch whose data DuckDB cannot store (invalid JSON, as a faulty processor could produce)
+    gets a permanent error; the requests committed with it in the same group are stored."""
+    store = await opened(make_store())
+    bad = batch([900, 901])
+    attributes = bad.spans.column("attributes").to_pylist()
+    attributes[0] = '{"unterminated": '
+    bad.spans = bad.spans.set_column(
+        bad.spans.schema.get_field_index("attributes"), "attributes", pa.array(attributes, pa.string())
+    )
+    good = [batch([910 + i]) for i in range(5)]
+    results = await asyncio.gather(*(store.write(b) for b in [good[0], good[1], bad, *good[2:]]),
+                                   return_exceptions=True)
+    failure = results[2]
+    assert isinstance(failure, InvalidPayload), failure
+    assert "Malformed JSON" in str(failure)
+    assert [r.stored for r in results if isinstance(r, CommitResult)] == [1] * 5
+    stored = {row[0] for row in await query(store, "SELECT span_id FROM spans")}
+    assert stored == {span_id(910 + i) for i in range(5)}

@@ -34,12 +34,14 @@ import duckdb
 import pyarrow as pa
 
 from halod.config import StorageConfig
-from halod.model import STORE_COLUMNS, CommitEvent, CommitResult, Refused, SpanBatch
+from halod.model import STORE_COLUMNS, CommitEvent, CommitResult, InvalidPayload, Refused, SpanBatch
 from halod.store.query import QueryResult, run_query
 from halod.store.schema import migrate, scalar
 from halod.telemetry import Telemetry
 
 CommitListener = Callable[[CommitEvent], None]
+# Errors about the data itself (a value DuckDB cannot store), as opposed to the database or the disk.
+_DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.ConstraintException)
 
 
 @dataclass(slots=True)
@@ -48,6 +50,9 @@ class _Pending:
     pipeline: str
     future: asyncio.Future[CommitResult]
     loop: asyncio.AbstractEventLoop
+
+
+_Committed = tuple[_Pending, CommitResult, pa.Table]
 
 
 class StoreClosed(Exception):
@@ -103,7 +108,8 @@ class SpanStore:
             self._con.close()
             self._con = None
             raise
-        self.telemetry.log.info("store opened", path=str(path), migrations_applied=applied, next_ingest_seq=self._next_seq)
+        self.telemetry.log.info("store opened", path=str(path), migrations_applied=applied,
+                                next_ingest_seq=self._next_seq)
         self._thread = threading.Thread(target=self._run, name="halod-store-writer", daemon=True)
         self._thread.start()
 
@@ -147,7 +153,8 @@ class SpanStore:
         ):
             raise Refused(
                 "queue_full",
-                f"the store queue is full ({len(self._pending)} requests, {self._pending_bytes} bytes waiting); retry later",
+                f"the store queue is full ({len(self._pending)} requests, {self._pending_bytes} bytes waiting); "
+                "retry later",
                 self._queue_config.retry_after,
             )
 
@@ -241,7 +248,13 @@ class SpanStore:
             finally:
                 con.unregister("incoming")
         except duckdb.Error as exc:
-            self._fail(taken, exc)
+            if len(taken) > 1 and not self._fatal(exc):
+                # One bad request must not sink the others grouped with it: commit them one by one
+                # (the failed statement changed nothing, and their ingest_seqs are simply skipped).
+                for item in taken:
+                    self._commit([item])
+            else:
+                self._fail(taken, exc)
             return
         elapsed = time.perf_counter() - started
         new_per_seq = Counter(row[0] for row in new_rows)
@@ -258,7 +271,7 @@ class SpanStore:
         for item, result, table in results:
             item.loop.call_soon_threadsafe(self._deliver, item, result, table if needs_events else None)
 
-    def _only_new(self, results: list[tuple[_Pending, CommitResult, pa.Table]]) -> list[tuple[_Pending, CommitResult, pa.Table]]:
+    def _only_new(self, results: list[_Committed]) -> list[_Committed]:
         """Drop redelivered spans from commit-event tables (rare path: only when duplicates arrived).
 
         A span is new in its request iff the row stored under its key carries that request's ingest_seq.
@@ -298,12 +311,22 @@ class SpanStore:
             except Exception as exc:  # a listener bug must not break the ack path
                 self.telemetry.log.error("commit listener failed", error=repr(exc))
 
+    @staticmethod
+    def _fatal(error: duckdb.Error) -> bool:
+        return isinstance(error, duckdb.FatalException) or "invalidated" in str(error)
+
     def _fail(self, taken: list[_Pending], error: duckdb.Error) -> None:
+        """Answer the requests of a failed commit: a request whose own data DuckDB refused gets a
+        permanent error (retrying it cannot help), anything else a retryable refusal."""
         self.telemetry.store_write_failed(error, len(taken))
-        if isinstance(error, duckdb.FatalException) or "invalidated" in str(error):
+        if self._fatal(error):
             self._failed = error  # DuckDB refuses all further writes; readiness reports it
-        refusal = Refused("store_error", f"the store could not commit the request: {error}",
-                          self._queue_config.retry_after)
+        refusal: Exception
+        if len(taken) == 1 and isinstance(error, _DATA_ERRORS):
+            refusal = InvalidPayload(f"the store refused the request's data: {error}", reason="store_rejected")
+        else:
+            refusal = Refused("store_error", f"the store could not commit the request: {error}",
+                              self._queue_config.retry_after)
 
         def reject(item: _Pending) -> None:
             if not item.future.done():
