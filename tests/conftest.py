@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -143,6 +144,15 @@ class Daemon:
     def metrics(self) -> str:
         with urllib.request.urlopen(self.admin_url + "/metrics", timeout=5) as response:
             return str(response.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` (e.g. halod_receiver_refused_requests_total) whose labels include `labels`."""
+        total = 0.0
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
 
 
 def base_config(workdir: Path, grpc_port: int, http_port: int, admin_port: int) -> dict[str, Any]:

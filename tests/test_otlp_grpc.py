@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry import trace as trace_api
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import Compression, OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -24,70 +23,19 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 
-from tests.conftest import FIXTURES, Daemon
+from tests.conftest import Daemon
+from tests.spans import any_agent_attributes, halo_attributes, hex_ids, sdk_spans
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-HALO = FIXTURES / "halo-engine" / "realistic_traces.jsonl"
-ANY_AGENT = FIXTURES / "any-agent" / "OPENAI_trace.json"
 TYPED = ("span_id, trace_id, parent_span_id, name, kind, semantic_kind, service_name, scope_name, model_name, "
          "tool_name, tool_arguments, input_text, output_text, prompt_tokens, completion_tokens, total_tokens, "
          "agent_name, status_code, attributes")
 
 
 # -- fixture data -------------------------------------------------------------------------------------
-
-
-def _clean(attributes: dict[str, Any]) -> dict[str, Any]:
-    """Attributes an SDK span accepts (the recorded files carry JSON nulls, which OTel has no value for)."""
-    return {key: value for key, value in attributes.items() if value is not None}
-
-
-def halo_spans() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in HALO.read_text().splitlines() if line.strip()]
-
-
-def halo_attributes(kind: str, *, with_output: bool = False) -> dict[str, Any]:
-    """The attributes of the first OpenInference span of `kind` in the halo-engine recording."""
-    for span in halo_spans():
-        attributes = span["attributes"]
-        if attributes.get("openinference.span.kind") == kind and (not with_output or "output.value" in attributes):
-            return _clean(attributes)
-    raise AssertionError(f"no {kind} span in {HALO}")
-
-
-def any_agent_attributes(operation: str, index: int = 0) -> dict[str, Any]:
-    """The attributes of the `index`-th any-agent span whose gen_ai.operation.name is `operation`."""
-    spans = [s for s in json.loads(ANY_AGENT.read_text())["spans"]
-             if s["attributes"].get("gen_ai.operation.name") == operation]
-    return _clean(spans[index]["attributes"])
-
-
-def sdk_spans(specs: list[tuple[str, dict[str, Any]]], service: str = "e2e-grpc") -> list[ReadableSpan]:
-    """Finished SDK spans: the first spec is the root, the others its children (one trace)."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("halod-e2e", "1.2.3")
-    (root_name, root_attributes), *children = specs
-    root = tracer.start_span(root_name, kind=trace_api.SpanKind.INTERNAL, attributes=root_attributes)
-    context = trace_api.set_span_in_context(root)
-    for name, attributes in children:
-        tracer.start_span(name, context=context, kind=trace_api.SpanKind.CLIENT, attributes=attributes).end()
-    root.end()
-    *ended_children, ended_root = memory.get_finished_spans()  # in end order: the root ends last
-    provider.shutdown()
-    assert len(ended_children) == len(children)
-    return [ended_root, *ended_children]
-
-
-def hex_ids(span: ReadableSpan) -> tuple[str, str]:
-    context = span.get_span_context()
-    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
 
 
 # -- raw requests ---------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.rpc import status_pb2
-from opentelemetry import trace as trace_api
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -27,17 +26,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client.parser import text_string_to_metric_families
+from opentelemetry.sdk.trace.export import SpanExportResult
 
-from tests.conftest import FIXTURES, Daemon
+from tests.conftest import Daemon
+from tests.spans import any_agent_attributes, hex_ids, sdk_spans
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-ANY_AGENT = FIXTURES / "any-agent" / "LANGCHAIN_trace.json"
 
 
 @dataclass
@@ -114,47 +109,12 @@ def json_request(spans: list[dict[str, Any]], service: str = "e2e-json") -> dict
     }]}
 
 
-def sdk_spans(specs: list[tuple[str, dict[str, Any]]], service: str) -> list[ReadableSpan]:
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("halod-e2e-http")
-    for name, attributes in specs:
-        tracer.start_span(name, kind=trace_api.SpanKind.CLIENT, attributes=attributes).end()
-    spans = list(memory.get_finished_spans())
-    provider.shutdown()
-    return spans
-
-
-def span_hex(span: ReadableSpan) -> str:
-    return f"{span.get_span_context().span_id:016x}"
-
-
-def any_agent_attributes(operation: str) -> dict[str, Any]:
-    spans = json.loads(ANY_AGENT.read_text())["spans"]
-    attributes = next(s["attributes"] for s in spans if s["attributes"].get("gen_ai.operation.name") == operation)
-    return {key: value for key, value in attributes.items() if value is not None}
-
-
-# -- metrics -----------------------------------------------------------------------------------------------
-
-
-def metric(daemon: Daemon, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` (e.g. halod_receiver_refused_requests_total) whose labels include `labels`."""
-    total = 0.0
-    for family in text_string_to_metric_families(daemon.metrics()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 # -- tests -------------------------------------------------------------------------------------------------
 
 
 def test_sdk_http_exporter_protobuf_plain_and_gzip(daemon: Daemon) -> None:
-    call_llm = any_agent_attributes("call_llm")
-    execute_tool = any_agent_attributes("execute_tool")
+    call_llm = any_agent_attributes("call_llm", framework="LANGCHAIN")
+    execute_tool = any_agent_attributes("execute_tool", framework="LANGCHAIN")
     first = sdk_spans([("call_llm", call_llm)], service="langchain-agent")
     second = sdk_spans([("execute_tool", execute_tool)], service="langchain-agent")
     plain = OTLPSpanExporter(endpoint=daemon.http_url)
@@ -168,8 +128,8 @@ def test_sdk_http_exporter_protobuf_plain_and_gzip(daemon: Daemon) -> None:
     rows = {r["span_id"]: r for r in daemon.query(
         "SELECT span_id, service_name, semantic_kind, model_name, prompt_tokens, completion_tokens, tool_name, "
         "tool_arguments, output_text, source FROM spans")}
-    assert set(rows) == {span_hex(first[0]), span_hex(second[0])}
-    llm, tool = rows[span_hex(first[0])], rows[span_hex(second[0])]
+    assert set(rows) == {hex_ids(first[0])[1], hex_ids(second[0])[1]}
+    llm, tool = rows[hex_ids(first[0])[1]], rows[hex_ids(second[0])[1]]
     assert llm["service_name"] == "langchain-agent" and llm["source"] == "otlp"
     assert (llm["semantic_kind"], llm["model_name"]) == ("LLM", call_llm["gen_ai.request.model"])
     assert (llm["prompt_tokens"], llm["completion_tokens"]) == (
@@ -177,7 +137,7 @@ def test_sdk_http_exporter_protobuf_plain_and_gzip(daemon: Daemon) -> None:
     assert (tool["semantic_kind"], tool["tool_name"]) == ("TOOL", execute_tool["gen_ai.tool.name"])
     assert tool["tool_arguments"] == execute_tool["gen_ai.tool.args"]
     assert tool["output_text"] == execute_tool["gen_ai.output"]
-    assert metric(daemon, "halod_receiver_accepted_spans_total", receiver="otlp", transport="http") == 2
+    assert daemon.metric("halod_receiver_accepted_spans_total", receiver="otlp", transport="http") == 2
 
 
 def test_protobuf_reply_is_protobuf(daemon: Daemon) -> None:
@@ -271,9 +231,9 @@ def test_malformed_and_unsupported_bodies(daemon: Daemon) -> None:
 
     assert post(daemon.http_url, valid, PROTOBUF).status == 200
     assert [r["name"] for r in daemon.query("SELECT name FROM spans")] == ["control"]
-    assert metric(daemon, "halod_receiver_refused_requests_total", transport="http", reason="malformed") == 5
-    assert metric(daemon, "halod_receiver_refused_requests_total", transport="http", reason="media_type") == 1
-    assert metric(daemon, "halod_receiver_accepted_spans_total", receiver="otlp", transport="http") == 1
+    assert daemon.metric("halod_receiver_refused_requests_total", transport="http", reason="malformed") == 5
+    assert daemon.metric("halod_receiver_refused_requests_total", transport="http", reason="media_type") == 1
+    assert daemon.metric("halod_receiver_accepted_spans_total", receiver="otlp", transport="http") == 1
 
 
 def test_body_size_limit_and_gzip_bomb(make_daemon: Any) -> None:
@@ -302,7 +262,7 @@ def test_body_size_limit_and_gzip_bomb(make_daemon: Any) -> None:
     assert post(daemon.http_url, raw_request(["fits-gzip"], payload="w" * 500).SerializeToString(), PROTOBUF,
                 compress=True).status == 200
     assert sorted(r["name"] for r in daemon.query("SELECT name FROM spans")) == ["fits", "fits-gzip"]
-    assert metric(daemon, "halod_receiver_refused_requests_total", transport="http", reason="too_large") == 3
+    assert daemon.metric("halod_receiver_refused_requests_total", transport="http", reason="too_large") == 3
 
 
 def test_json_partial_success_for_invalid_ids(daemon: Daemon) -> None:
@@ -320,7 +280,7 @@ def test_json_partial_success_for_invalid_ids(daemon: Daemon) -> None:
     assert partial["errorMessage"]
     rows = daemon.query("SELECT span_id, name FROM spans")
     assert {(r["span_id"], r["name"]) for r in rows} == {(s["spanId"], s["name"]) for s in good}
-    assert metric(daemon, "halod_receiver_refused_spans_total", transport="http", reason="invalid_id") == len(bad)
+    assert daemon.metric("halod_receiver_refused_spans_total", transport="http", reason="invalid_id") == len(bad)
 
 
 def test_bearer_token(make_daemon: Any) -> None:
@@ -349,4 +309,4 @@ def test_bearer_token(make_daemon: Any) -> None:
     assert post(daemon.http_url, raw_request(["raw-right-token"]).SerializeToString(), PROTOBUF,
                 headers={"Authorization": f"Bearer {token}"}).status == 200
     assert sorted(r["name"] for r in daemon.query("SELECT name FROM spans")) == ["raw-right-token", "sdk-right-token"]
-    assert metric(daemon, "halod_receiver_refused_requests_total", transport="http", reason="unauthenticated") == 5
+    assert daemon.metric("halod_receiver_refused_requests_total", transport="http", reason="unauthenticated") == 5
