@@ -40,6 +40,19 @@ from halod.store.schema import migrate, scalar
 from halod.telemetry import Telemetry
 
 CommitListener = Callable[[CommitEvent], None]
+
+# Settings of the writer's connection. max_vacuum_tasks = 0: checkpoints do not vacuum (merge row
+# groups). DuckDB checkpoints automatically every ~16 MiB of WAL (with ~1 KB spans: every 10-15 K
+# spans, i.e. every few group commits), and with vacuum on each checkpoint merges the small row
+# groups left by the previous ones, rewriting the same rows again and again: measured on 2 vCPUs,
+# commits that checkpoint then take 0.1-6 s, growing with the table, and the store alone takes ~14 K
+# spans/s; without vacuum a checkpoint only writes its new rows (~10 us a row): ~38 K spans/s, p99
+# commit 0.26 s (docs/benchmarks.md). The cost: row groups stay the size of one checkpoint (~16 K
+# rows instead of 122 K; ~7% more space), and a row group only partly deleted by age retention keeps
+# its space until all its rows are deleted (fully deleted row groups are freed as before). Size
+# retention still checkpoints with vacuum (_drop_before), as it needs the space back.
+_WRITER_SETTINGS = ("SET max_vacuum_tasks = 0",)
+
 # Errors about the data itself (a value DuckDB cannot store), as opposed to the database or the disk.
 _DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.ConstraintException)
 
@@ -100,6 +113,8 @@ class SpanStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._con = connect(path, memory_limit=self.config.memory_limit)
         try:
+            for setting in _WRITER_SETTINGS:
+                self._con.execute(setting)
             applied = migrate(self._con)
             self._next_seq = int(scalar(self._con, "SELECT coalesce(max(ingest_seq), 0) FROM spans")) + 1
         except BaseException:
@@ -368,14 +383,24 @@ class SpanStore:
             return
         cutoff = scalar(self._con, "SELECT end_ns FROM spans ORDER BY end_ns LIMIT 1 OFFSET ?", [drop - 1])
         if cutoff is not None:
-            self._drop_before(int(cutoff) + 1, "size")
+            # With vacuum: rows dropped from row groups that stay partly used free no space otherwise.
+            self._drop_before(int(cutoff) + 1, "size", vacuum=True)
         self._size_after_drop = self.data_size()
 
-    def _drop_before(self, cutoff_ns: int, reason: str) -> None:
+    def _drop_before(self, cutoff_ns: int, reason: str, vacuum: bool = False) -> None:
+        """Delete the spans that ended before `cutoff_ns` and checkpoint. `vacuum`: with DuckDB's
+        default vacuum (off for the writer, see _WRITER_SETTINGS), which merges partly deleted row
+        groups to free their space; it must run in the checkpoint that follows the delete."""
         assert self._con is not None
         dropped = int(scalar(self._con, "DELETE FROM spans WHERE end_ns < ?", [cutoff_ns]) or 0)
         if dropped:
-            self._con.execute("CHECKPOINT")
+            if vacuum:
+                self._con.execute("RESET max_vacuum_tasks")
+            try:
+                self._con.execute("CHECKPOINT")
+            finally:
+                if vacuum:
+                    self._con.execute("SET max_vacuum_tasks = 0")
             self.telemetry.retention_dropped(reason, dropped, cutoff_ns)
 
     def data_size(self) -> int:
