@@ -222,7 +222,7 @@ def normalize_request(request: ExportTraceServiceRequest, source: str) -> SpanBa
                     value = None
                     for key in keys:
                         value = get(key)
-                        if value is not None:
+                        if value is not None and value != "":
                             break
                     if is_token:
                         values.append(_integer(value))
@@ -287,7 +287,9 @@ def mapping_markdown() -> str:
         lines.append(f"| `{column}` | {', '.join(f'`{key}`' for key in keys)} |")
     lines += [
         "",
-        "Fallbacks: a TOOL span with none of the tool-argument attributes takes `input_text` as its arguments",
+        "An attribute whose value is an empty string counts as absent.",
+    "",
+    "Fallbacks: a TOOL span with none of the tool-argument attributes takes `input_text` as its arguments",
         "(several OpenInference instrumentors record tool input only as `input.value`); `total_tokens` is",
         "`prompt_tokens + completion_tokens` when only those two are reported. Token values that arrive as",
         "strings are parsed; other non-string values of text columns are stored as JSON text.",

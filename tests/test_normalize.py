@@ -708,3 +708,18 @@ def test_semconv_doc_is_generated_from_the_mapping() -> None:
     doc = REPO / "docs" / "semconv.md"
     assert doc.read_text(encoding="utf-8") == mapping_markdown(), (
         "docs/semconv.md is stale: python -m halod.normalize --markdown > docs/semconv.md")
+
+
+def test_an_empty_string_attribute_does_not_shadow_the_next_key() -> None:
+    """First present wins, and an empty value is not present: the HALO exporter writes
+    inference.agent_name = "" next to a real agent.name in some spans."""
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add(
+        trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)), name="agent"
+    )
+    for key, value in (("agent.name", ""), ("gen_ai.agent.name", "booker"), ("llm.model_name", "")):
+        span.attributes.add(key=key).value.string_value = value
+    row = normalize_request(request, "test").spans.to_pylist()[0]
+    assert row["agent_name"] == "booker"
+    assert row["model_name"] is None
+    assert json.loads(row["attributes"]) == {"agent.name": "", "gen_ai.agent.name": "booker", "llm.model_name": ""}
