@@ -131,19 +131,24 @@ _ZERO_TRACE_ID = bytes(16)
 _ZERO_SPAN_ID = bytes(8)
 
 
-def _check_ids(trace_id: bytes, span_id: bytes, parent_span_id: bytes) -> str | None:
-    """Why a span's ids are invalid, or None. An all-zero parent is read as "no parent" (some SDKs)."""
+_MAX_NS = 2**63 - 1  # the store keeps times as signed 64-bit nanoseconds (up to the year 2262)
+
+
+def _check_span(trace_id: bytes, span_id: bytes, parent_span_id: bytes, start: int, end: int) -> str | None:
+    """Why a span cannot be stored, or None. An all-zero parent is read as "no parent" (some SDKs)."""
     if len(trace_id) != 16 or not any(trace_id):
         return "trace_id must be 16 bytes and not all zero"
     if len(span_id) != 8 or not any(span_id):
         return "span_id must be 8 bytes and not all zero"
     if len(parent_span_id) not in (0, 8):
         return "parent_span_id must be empty or 8 bytes"
+    if start > _MAX_NS or end > _MAX_NS:
+        return "start or end time is after the year 2262 (beyond 64-bit signed nanoseconds)"
     return None
 
 
 def normalize_request(request: ExportTraceServiceRequest, source: str) -> SpanBatch:
-    """Flatten one ExportTraceServiceRequest into a `SpanBatch`; spans with invalid ids are rejected.
+    """Flatten one ExportTraceServiceRequest into a `SpanBatch`; spans that cannot be stored are rejected.
 
     Never raises on span content: anything the OTLP schema allows is stored, and what it does not
     (bad ids) is counted in `rejected` with the first reason, for OTLP partial success.
@@ -183,10 +188,12 @@ def normalize_request(request: ExportTraceServiceRequest, source: str) -> SpanBa
             scope_version = scope_spans.scope.version or None
             for span in scope_spans.spans:
                 trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
-                # Cheap test of _check_ids' rules; _check_ids itself runs only for a span that fails it.
+                start, end = span.start_time_unix_nano, span.end_time_unix_nano
+                # Cheap test of _check_span's rules; _check_span itself runs only for a span that fails it.
                 if not (len(trace_id) == 16 and len(span_id) == 8 and (not parent or len(parent) == 8)
-                        and trace_id != _ZERO_TRACE_ID and span_id != _ZERO_SPAN_ID):
-                    problem = _check_ids(trace_id, span_id, parent)
+                        and trace_id != _ZERO_TRACE_ID and span_id != _ZERO_SPAN_ID
+                        and start <= _MAX_NS and end <= _MAX_NS):
+                    problem = _check_span(trace_id, span_id, parent, start, end)
                     if problem is not None:
                         rejected += 1
                         reason = reason or problem
@@ -208,7 +215,6 @@ def normalize_request(request: ExportTraceServiceRequest, source: str) -> SpanBa
                 kinds.append(SPAN_KINDS[span_kind] if 0 <= span_kind < len(SPAN_KINDS) else "UNSPECIFIED")
                 semantic_kinds.append(kind)
                 services.append(service)
-                start, end = span.start_time_unix_nano, span.end_time_unix_nano
                 starts.append(start)
                 ends.append(end)
                 durations.append(end - start if end >= start else None)

@@ -723,3 +723,18 @@ def test_an_empty_string_attribute_does_not_shadow_the_next_key() -> None:
     assert row["agent_name"] == "booker"
     assert row["model_name"] is None
     assert json.loads(row["attributes"]) == {"agent.name": "", "gen_ai.agent.name": "booker", "llm.model_name": ""}
+
+
+def test_a_time_beyond_int64_nanoseconds_rejects_that_span_only() -> None:
+    """OTLP times are fixed64; the store keeps signed 64-bit nanoseconds. A span past the year 2262
+    is rejected (partial success) and the rest of the request is kept."""
+    request = ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add().spans
+    spans.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)), name="ok",
+              start_time_unix_nano=1, end_time_unix_nano=2)
+    spans.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(2, 10)), name="far future",
+              start_time_unix_nano=1, end_time_unix_nano=2**64 - 1)
+    batch = normalize_request(request, "test")
+    assert batch.spans.column("name").to_pylist() == ["ok"]
+    assert batch.rejected == 1
+    assert "2262" in batch.rejection_reason

@@ -280,7 +280,7 @@ def test_json_partial_success_for_invalid_ids(daemon: Daemon) -> None:
     assert partial["errorMessage"]
     rows = daemon.query("SELECT span_id, name FROM spans")
     assert {(r["span_id"], r["name"]) for r in rows} == {(s["spanId"], s["name"]) for s in good}
-    assert daemon.metric("halod_receiver_refused_spans_total", transport="http", reason="invalid_id") == len(bad)
+    assert daemon.metric("halod_receiver_refused_spans_total", transport="http", reason="invalid_span") == len(bad)
 
 
 def test_bearer_token(make_daemon: Any) -> None:

@@ -143,7 +143,7 @@ class OTLPReceiver:
         response = ExportTraceServiceResponse()
         if batch.rejected:
             message = f"{batch.rejected} span(s) rejected: {batch.rejection_reason}"
-            self._telemetry.rejected_spans(self.id, transport, "invalid_id", message, batch.rejected)
+            self._telemetry.rejected_spans(self.id, transport, "invalid_span", message, batch.rejected)
             response.partial_success.CopyFrom(
                 ExportTracePartialSuccess(rejected_spans=batch.rejected, error_message=message)
             )
