@@ -318,8 +318,8 @@ def mapping_markdown() -> str:
               "`service_name` is the resource's `service.name` (`unknown_service` when absent). `kind` and",
               "`status_code` are the OTLP enum names without their prefixes. Ids are lower-case hex; a span whose",
               "trace id is not 16 bytes, whose span id is not 8 bytes, either of them all zero, or whose parent id",
-              "is neither empty nor 8 bytes, is rejected through OTLP partial success. An all-zero parent id is",
-              "read as no parent.", ""]
+              "is neither empty nor 8 bytes, or whose start or end time is past the year 2262 (64-bit signed",
+              "nanoseconds), is rejected through OTLP partial success. An all-zero parent id is read as no parent.", ""]
     return "\n".join(lines)
 
 
