@@ -72,7 +72,6 @@ class Graph:
     receivers: list[tuple[ComponentID, Any]] = field(default_factory=list)
     extensions: list[tuple[ComponentID, Any]] = field(default_factory=list)
     routes: dict[str, list[ExporterRunner]] = field(default_factory=dict)  # pipeline -> its exporters
-    started: list[Any] = field(default_factory=list)
 
     def route(self, event: CommitEvent) -> None:
         """Store commit listener: hand the event to the pipeline's exporters (never blocks)."""
