@@ -23,6 +23,7 @@ from halod.components import Factory, default_registry
 from halod.config import DocumentConfig, ServiceConfig, StorageConfig
 from halod.model import SPAN_COLUMNS, STORE_COLUMNS
 from halod.normalize import mapping_markdown
+from halod.store.schema import JSON_COLUMNS, expected_columns
 
 REPO = Path(__file__).resolve().parents[1]
 COMPONENT_FOLDERS = {"receiver": "receivers", "processor": "processors", "exporter": "exporters",
@@ -159,11 +160,11 @@ def schema_markdown() -> str:
         "| column | type | meaning |",
         "|---|---|---|",
     ]
-    for name, dtype, doc in (*SPAN_COLUMNS, *STORE_COLUMNS):
-        lines.append(f"| `{name}` | {'BIGINT' if str(dtype) == 'int64' else 'VARCHAR/JSON'} | {doc} |")
+    for (name, sql_type), (_, _, doc) in zip(expected_columns(), (*SPAN_COLUMNS, *STORE_COLUMNS), strict=True):
+        lines.append(f"| `{name}` | {sql_type}{' (JSON text)' if name in JSON_COLUMNS else ''} | {doc} |")
     lines += [
         "",
-        "JSON columns can be read with DuckDB's JSON operators, e.g.",
+        "JSON text columns can be read with DuckDB's JSON functions and operators, e.g.",
         "`SELECT attributes->>'$.\"llm.model_name\"' FROM spans` (quote keys that contain dots).",
         "Times are Unix epoch nanoseconds: `make_timestamp(start_ns // 1000)` gives a TIMESTAMP.",
         "",

@@ -22,6 +22,7 @@ from halod.config import StorageConfig
 from halod.model import CommitEvent, CommitResult, InvalidPayload, Refused, SpanBatch
 from halod.normalize import normalize_request
 from halod.store import LATEST_VERSION, QueryError, SchemaError, SpanStore, StoreClosed, connect, migrate
+from halod.store.schema import expected_columns
 from halod.telemetry import Telemetry
 from tests.conftest import FIXTURES
 
@@ -228,6 +229,33 @@ async def test_schema_version_recorded_and_reopen_migrates_nothing(make_store: S
         assert migrate(con) == []
     finally:
         con.close()
+
+
+async def test_a_schema_1_file_migrates_keeping_its_spans(make_store: StoreFactory) -> None:
+    """A file written by the first release (JSON-typed columns) is brought to the latest schema on
+    open: the spans are kept, the columns match what the store inserts, JSON operators still work."""
+    store = make_store()
+    store.config.path.parent.mkdir(parents=True, exist_ok=True)
+    con = connect(store.config.path)
+    try:
+        assert migrate(con, target=1) == [1]
+        old = batch([1, 2]).spans
+        con.register("old", old)
+        con.execute("INSERT INTO spans SELECT *, 'otlp', 1, 0 FROM old")
+    finally:
+        con.close()
+
+    await opened(store)
+    columns = await query(store, "SELECT column_name, data_type FROM information_schema.columns "
+                                 "WHERE table_name = 'spans' ORDER BY ordinal_position")
+    assert columns == expected_columns()
+    rows = await query(store, "SELECT span_id, json_keys(attributes) FROM spans ORDER BY span_id")
+    assert rows == [(span_id(key), list(json.loads(attributes)))
+                    for key, attributes in zip((1, 2), old.column("attributes").to_pylist(), strict=True)]
+    comments = await query(store, "SELECT comment FROM duckdb_columns() WHERE table_name = 'spans' "
+                                  "AND column_name = 'attributes'")
+    assert comments == [("every span attribute, JSON object",)]
+    assert (await store.write(batch([2, 3]))).stored == 1  # the primary key survived the migration
 
 
 async def test_newer_schema_version_is_refused(make_store: StoreFactory) -> None:
@@ -471,21 +499,19 @@ async def test_close_commits_what_is_queued(make_store: StoreFactory) -> None:
 
 
 async def test_a_request_the_store_refuses_fails_alone(make_store: StoreFactory) -> None:
-    """A batch whose data DuckDB cannot store (invalid JSON, as a faulty processor could produce)
+    """A batch whose data DuckDB cannot store (a NULL trace id, as a faulty processor could produce)
     gets a permanent error; the requests committed with it in the same group are stored."""
     store = await opened(make_store())
     bad = batch([900, 901])
-    attributes = bad.spans.column("attributes").to_pylist()
-    attributes[0] = '{"unterminated": '
     bad.spans = bad.spans.set_column(
-        bad.spans.schema.get_field_index("attributes"), "attributes", pa.array(attributes, pa.string())
+        bad.spans.schema.get_field_index("trace_id"), "trace_id", pa.array([None, TRACE.hex()], pa.string())
     )
     good = [batch([910 + i]) for i in range(5)]
     results = await asyncio.gather(*(store.write(b) for b in [good[0], good[1], bad, *good[2:]]),
                                    return_exceptions=True)
     failure = results[2]
     assert isinstance(failure, InvalidPayload), failure
-    assert "Malformed JSON" in str(failure)
+    assert "NOT NULL" in str(failure)
     assert [r.stored for r in results if isinstance(r, CommitResult)] == [1] * 5
     stored = {row[0] for row in await query(store, "SELECT span_id FROM spans")}
     assert stored == {span_id(910 + i) for i in range(5)}

@@ -257,9 +257,7 @@ class SpanStore:
             incoming = pa.concat_tables(tables)
             con.register("incoming", incoming)
             try:
-                new_rows = con.execute(
-                    "INSERT OR IGNORE INTO spans SELECT * FROM incoming RETURNING ingest_seq"
-                ).fetchall()
+                new_per_seq = self._insert_incoming(con)
             finally:
                 con.unregister("incoming")
         except duckdb.Error as exc:
@@ -272,19 +270,37 @@ class SpanStore:
                 self._fail(taken, exc)
             return
         elapsed = time.perf_counter() - started
-        new_per_seq = Counter(row[0] for row in new_rows)
-        total = sum(item.batch.num_spans for item in taken)
-        self.telemetry.committed(len(new_rows), total - len(new_rows), elapsed)
+        total = incoming.num_rows
+        stored_total = total if new_per_seq is None else new_per_seq.total()
+        self.telemetry.committed(stored_total, total - stored_total, elapsed)
 
         results = []
         for item, table, seq in zip(taken, tables, seqs, strict=True):
-            stored = new_per_seq.get(seq, 0)
+            stored = item.batch.num_spans if new_per_seq is None else new_per_seq.get(seq, 0)
             results.append((item, CommitResult(seq, stored, item.batch.num_spans - stored), table))
         needs_events = bool(self._listeners)
-        if needs_events and len(new_rows) < total:
+        if needs_events and stored_total < total:
             results = self._only_new(results)
         for item, result, table in results:
             item.loop.call_soon_threadsafe(self._deliver, item, result, table if needs_events else None)
+
+    @staticmethod
+    def _insert_incoming(con: duckdb.DuckDBPyConnection) -> Counter[int] | None:
+        """Insert the registered table `incoming`; returns the new spans per ingest_seq, or None when
+        all of them were new.
+
+        A plain INSERT first: it costs ~30% less than INSERT OR IGNORE ... RETURNING (on 600 K stored
+        spans: 20-22 vs 27-29 us a span, docs/benchmarks.md) and fails as a whole on a duplicate key,
+        which is rare (client retries, re-imports). Then the statement that skips the duplicates and
+        tells which spans were new; it also meets any other constraint error again, for the caller.
+        """
+        try:
+            con.execute("INSERT INTO spans SELECT * FROM incoming").fetchall()
+            return None
+        except duckdb.ConstraintException:
+            pass
+        rows = con.execute("INSERT OR IGNORE INTO spans SELECT * FROM incoming RETURNING ingest_seq").fetchall()
+        return Counter(row[0] for row in rows)
 
     def _only_new(self, results: list[_Committed]) -> list[_Committed]:
         """Drop redelivered spans from commit-event tables (rare path: only when duplicates arrived).
