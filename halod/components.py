@@ -92,6 +92,9 @@ class Host(Protocol):
     def admission_check(self) -> None:
         """Raise `Refused` when the store cannot take more work right now (cheap; call before decoding)."""
 
+    async def source_cursor(self, source: str) -> str | None:
+        """Where a pulling source resumes: the `SpanBatch.cursor` last committed under `source`."""
+
 
 class Component(Protocol):
     async def start(self, host: Host) -> None: ...

@@ -48,6 +48,9 @@ class Daemon:
     def admission_check(self) -> None:
         self.store.admission_check()
 
+    async def source_cursor(self, source: str) -> str | None:
+        return await asyncio.to_thread(self.store.source_cursor, source)
+
     # Lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:

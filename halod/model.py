@@ -69,12 +69,17 @@ class SpanBatch:
     `spans` follows `SPAN_SCHEMA`. `rejected` counts spans the decoder refused (invalid ids and the
     like) and `rejection_reason` says why; the rest of the request is still stored and the client is
     told through OTLP partial success.
+
+    `cursor` is where a pulling source (a file position, an API page cursor) resumes after this batch.
+    The store commits it in the same transaction as the spans, under `source`, so after a crash the
+    source resumes exactly after what was stored (`SpanStore.source_cursor`).
     """
 
     spans: pa.Table
     source: str
     rejected: int = 0
     rejection_reason: str = ""
+    cursor: str | None = None
 
     @property
     def num_spans(self) -> int:

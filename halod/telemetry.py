@@ -107,6 +107,14 @@ class Telemetry:
             "halod_processor_failures", "Batches a processor failed on (the request was refused).",
             ["processor"], registry=r,
         )
+        self.pull_errors = Counter(
+            "halod_receiver_pull_errors", "Failed fetches of a pulling receiver (each retried).",
+            ["receiver"], registry=r,
+        )
+        self.bad_records_total = Counter(
+            "halod_receiver_bad_records",
+            "Records a receiver or import could not convert (skipped; the rest was kept).", ["receiver"], registry=r,
+        )
         self._last_logged: dict[tuple[str, ...], tuple[float, int]] = {}
 
     # -- events -----------------------------------------------------------------------------------
@@ -161,6 +169,17 @@ class Telemetry:
         self.processor_failures.labels(processor).inc()
         self._limited("error", ("processor_failed", processor), "processor failed; request refused",
                       processor=processor, error=repr(error))
+
+    def pull_failed(self, receiver: str, error: BaseException, attempt: int) -> None:
+        self.pull_errors.labels(receiver).inc()
+        self._limited("warning", ("pull_failed", receiver), "fetch failed; retrying", receiver=receiver,
+                      attempt=attempt, error=str(error) or repr(error))
+
+    def bad_records(self, receiver: str, problems: list[str]) -> None:
+        """`problems`: one line per skipped record, naming it (file and line, record, ...) and the fault."""
+        self.bad_records_total.labels(receiver).inc(len(problems))
+        for problem in problems[:5]:
+            self._limited("warning", ("bad_record", receiver), "record skipped", receiver=receiver, problem=problem)
 
     def _limited(self, level: str, key: tuple[str, ...], message: str, **fields: Any) -> None:
         now = time.monotonic()

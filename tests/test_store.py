@@ -515,3 +515,44 @@ async def test_a_request_the_store_refuses_fails_alone(make_store: StoreFactory)
     assert [r.stored for r in results if isinstance(r, CommitResult)] == [1] * 5
     stored = {row[0] for row in await query(store, "SELECT span_id FROM spans")}
     assert stored == {span_id(910 + i) for i in range(5)}
+
+
+# ------------------------------------------------------------------------------------------------ cursors
+
+
+async def test_source_cursor_commits_with_its_spans_and_survives_reopen(make_store: StoreFactory) -> None:
+    """A pulling source's cursor is stored in the same transaction as its spans: the latest one per
+    source wins within a group commit, other sources keep theirs, and a reopened store returns them."""
+    store = await opened(make_store())
+    assert await asyncio.to_thread(store.source_cursor, "phoenix") is None
+    first, second, other = batch([1, 2]), batch([3]), batch([4])
+    first.source = second.source = "phoenix"
+    other.source = "file/logs"
+    first.cursor, second.cursor, other.cursor = "page-1", "page-2", '{"offset": 120}'
+    await asyncio.gather(store.write(first), store.write(second), store.write(other))
+    assert await asyncio.to_thread(store.source_cursor, "phoenix") == "page-2"
+    # a batch without a cursor leaves the source's cursor alone; a redelivered page still moves it
+    await store.write(batch([5]))
+    again = batch([3])
+    again.source, again.cursor = "phoenix", "page-3"
+    assert (await store.write(again)).duplicates == 1
+    await asyncio.to_thread(store.close)
+
+    reopened = await opened(make_store())
+    assert await asyncio.to_thread(reopened.source_cursor, "phoenix") == "page-3"
+    assert await asyncio.to_thread(reopened.source_cursor, "file/logs") == '{"offset": 120}'
+
+
+async def test_a_refused_batch_does_not_move_its_cursor(make_store: StoreFactory) -> None:
+    store = await opened(make_store())
+    good = batch([1])
+    good.source, good.cursor = "phoenix", "page-1"
+    await store.write(good)
+    bad = batch([2])
+    bad.source, bad.cursor = "phoenix", "page-2"
+    bad.spans = bad.spans.set_column(bad.spans.schema.get_field_index("trace_id"), "trace_id",
+                                     pa.array([None], pa.string()))
+    with pytest.raises(InvalidPayload):
+        await store.write(bad)
+    assert await asyncio.to_thread(store.source_cursor, "phoenix") == "page-1"
+    assert await query(store, "SELECT count(*) FROM spans") == [(1,)]

@@ -99,6 +99,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         "JSON text columns stored as VARCHAR (no per-insert JSON validation)",
         tuple(f"ALTER TABLE spans ALTER {name} TYPE VARCHAR" for name in JSON_COLUMNS),
     ),
+    Migration(
+        3,
+        "source_cursors: where each pulling source (file, Phoenix, Langfuse, ...) resumes",
+        (
+            "CREATE TABLE source_cursors (source VARCHAR PRIMARY KEY, cursor VARCHAR NOT NULL, updated_ns BIGINT)",
+            "COMMENT ON TABLE source_cursors IS 'resume position of each pulling source, committed with its spans'",
+        ),
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -195,6 +195,14 @@ class SpanStore:
             raise StoreClosed("the store is not open")
         return run_query(self._con, sql, max_rows, timeout_s)
 
+    def source_cursor(self, source: str) -> str | None:
+        """The cursor last committed with a batch of `source`, None if it never committed one
+        (blocking, on its own cursor: call it from a thread)."""
+        if self._con is None:
+            raise StoreClosed("the store is not open")
+        value = scalar(self._con.cursor(), "SELECT cursor FROM source_cursors WHERE source = ?", [source])
+        return None if value is None else str(value)
+
     # -- the writer thread ----------------------------------------------------------------------------
 
     def _take(self) -> list[_Pending] | None:
@@ -255,9 +263,11 @@ class SpanStore:
         started = time.perf_counter()
         try:
             incoming = pa.concat_tables(tables)
+            # later requests of one source win: a source's batches are queued in the order it read them
+            cursors = {item.batch.source: item.batch.cursor for item in taken if item.batch.cursor is not None}
             con.register("incoming", incoming)
             try:
-                new_per_seq = self._insert_incoming(con)
+                new_per_seq = self._insert_incoming(con, cursors, now_ns)
             finally:
                 con.unregister("incoming")
         except duckdb.Error as exc:
@@ -284,10 +294,12 @@ class SpanStore:
         for item, result, table in results:
             item.loop.call_soon_threadsafe(self._deliver, item, result, table if needs_events else None)
 
-    @staticmethod
-    def _insert_incoming(con: duckdb.DuckDBPyConnection) -> Counter[int] | None:
-        """Insert the registered table `incoming`; returns the new spans per ingest_seq, or None when
-        all of them were new.
+    @classmethod
+    def _insert_incoming(
+        cls, con: duckdb.DuckDBPyConnection, cursors: dict[str, str], now_ns: int
+    ) -> Counter[int] | None:
+        """Insert the registered table `incoming` (and the sources' `cursors`, atomically with it);
+        returns the new spans per ingest_seq, or None when all of them were new.
 
         A plain INSERT first: it costs ~30% less than INSERT OR IGNORE ... RETURNING (on 600 K stored
         spans: 20-22 vs 27-29 us a span, docs/benchmarks.md) and fails as a whole on a duplicate key,
@@ -295,12 +307,28 @@ class SpanStore:
         tells which spans were new; it also meets any other constraint error again, for the caller.
         """
         try:
-            con.execute("INSERT INTO spans SELECT * FROM incoming").fetchall()
+            cls._insert(con, "INSERT INTO spans SELECT * FROM incoming", cursors, now_ns)
             return None
         except duckdb.ConstraintException:
             pass
-        rows = con.execute("INSERT OR IGNORE INTO spans SELECT * FROM incoming RETURNING ingest_seq").fetchall()
+        rows = cls._insert(con, "INSERT OR IGNORE INTO spans SELECT * FROM incoming RETURNING ingest_seq",
+                           cursors, now_ns)
         return Counter(row[0] for row in rows)
+
+    @staticmethod
+    def _insert(con: duckdb.DuckDBPyConnection, insert: str, cursors: dict[str, str], now_ns: int) -> list[Any]:
+        if not cursors:
+            return con.execute(insert).fetchall()  # one statement: its own transaction
+        con.execute("BEGIN TRANSACTION")
+        try:
+            rows = con.execute(insert).fetchall()
+            for source, cursor in cursors.items():  # one row per pulling source in the group
+                con.execute("INSERT OR REPLACE INTO source_cursors VALUES (?, ?, ?)", [source, cursor, now_ns])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return rows
 
     def _only_new(self, results: list[_Committed]) -> list[_Committed]:
         """Drop redelivered spans from commit-event tables (rare path: only when duplicates arrived).
