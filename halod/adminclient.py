@@ -11,6 +11,7 @@ import contextlib
 import json
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import duckdb
 
 from halod.config import HalodConfig
+from halod.model import ImportResult, InvalidPayload, Refused
 from halod.store import QueryError, QueryResult, connect, run_query
 
 
@@ -43,10 +45,11 @@ class AdminClient:
         token = metrics.auth.bearer_token.get_secret_value() if metrics.auth.bearer_token else None
         return cls(f"{scheme}://{host}:{port}", token)
 
-    def _request(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
+    def _request(self, method: str, path: str, body: Any = None, timeout: float | None = None,
+                 content_type: str = "application/json") -> Any:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
+        request.add_header("Content-Type", content_type)
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         context = ssl.create_default_context() if self.base_url.startswith("https") else None
@@ -57,7 +60,12 @@ class AdminClient:
             detail = exc.read().decode(errors="replace").strip()
             with contextlib.suppress(ValueError, AttributeError):
                 detail = json.loads(detail).get("error", detail)
-            raise AdminError(f"halod at {self.base_url} answered {exc.code}: {detail}") from None
+            message = f"halod at {self.base_url} answered {exc.code}: {detail}"
+            if exc.code == 503:  # the store is busy: retryable, as for an OTLP client
+                raise Refused("queue_full", message, float(exc.headers.get("Retry-After") or 1)) from None
+            if exc.code == 400 and path.startswith("/api/v1/import"):
+                raise InvalidPayload(message) from None
+            raise AdminError(message) from None
 
     def is_up(self) -> bool:
         """True when a daemon answers /healthz; False when nothing listens there."""
@@ -66,6 +74,12 @@ class AdminClient:
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
         return True
+
+    def import_request(self, body: bytes, pipeline: str | None = None) -> ImportResult:
+        """Send one serialized OTLP ExportTraceServiceRequest to POST /api/v1/import."""
+        path = "/api/v1/import" + (f"?{urllib.parse.urlencode({'pipeline': pipeline})}" if pipeline else "")
+        result = self._request("POST", path, body, content_type="application/x-protobuf")
+        return ImportResult(**result)
 
     def query(self, sql: str, max_rows: int) -> QueryResult:
         result = self._request("POST", "/api/v1/query", {"sql": sql, "max_rows": max_rows})

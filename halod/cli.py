@@ -1,4 +1,4 @@
-"""The `halod` command line: run, validate, query, version.
+"""The `halod` command line: run, validate, query, import, replay, version.
 
 Every command takes --config (default: $HALOD_CONFIG, else the embedded default config), so the CLI
 finds the same store and admin address as the daemon it talks to.
@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from halod import __version__
@@ -58,6 +59,79 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_options(args: argparse.Namespace) -> Any:
+    from datetime import datetime
+
+    from halod.formats import ReadOptions
+
+    settings: dict[str, Any] = {}
+    if args.tools:
+        tools = json.loads(Path(args.tools).read_text())
+        if not isinstance(tools, list):
+            raise ValueError(f"--tools {args.tools}: expected a JSON list of tool definitions")
+        settings["tools"] = tools
+    if args.transcript_start:
+        start = datetime.fromisoformat(args.transcript_start.replace("Z", "+00:00"))
+        if start.tzinfo is None:
+            raise ValueError("--transcript-start needs a time zone, e.g. 2025-01-01T00:00:00Z")
+        settings["transcript_start_ns"] = int(start.timestamp()) * 10**9
+    if args.transcript_step is not None:
+        settings["transcript_step_ns"] = int(args.transcript_step * 1e9)
+    if args.service_name:
+        settings["service_name"] = args.service_name
+    return ReadOptions(**settings)
+
+
+def _print_problem(problem: Any) -> None:
+    print(f"warning: skipped {problem}", file=sys.stderr)
+
+
+def _quiet_logging() -> None:
+    """Client commands log only warnings and errors, to stderr (stdout carries their output)."""
+    from halod.telemetry import configure_logging
+
+    configure_logging("warning", "console")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from halod.importer import run_import
+
+    _quiet_logging()
+    config = _load(args)
+    options = _read_options(args)
+    summary = asyncio.run(run_import(config, [Path(p) for p in args.files], args.format, options, args.pipeline,
+                                     on_problem=_print_problem))
+    if args.json:
+        print(json.dumps({"via": summary.via, **summary.totals(), "problems": summary.problems,
+                          "files": [{**vars(f), "problems": [str(p) for p in f.problems]} for f in summary.files]}))
+    else:
+        for file in summary.files:
+            print(f"{file.path}: {file.format or '?'}, {file.spans:,} spans read, {file.stored:,} stored, "
+                  f"{file.duplicates:,} already stored, {file.rejected:,} rejected, {len(file.problems)} problem(s)")
+        totals = summary.totals()
+        print(f"imported into {summary.via}: {totals['stored']:,} new spans, {totals['duplicates']:,} already "
+              f"stored, {totals['rejected']:,} rejected, {summary.problems} problem(s)")
+    return 0 if summary.complete else 2
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from halod.replay import progress_printer, replay_files
+
+    _quiet_logging()
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    progress = progress_printer()
+    summary = asyncio.run(replay_files(
+        [Path(p) for p in args.files], args.endpoint, args.protocol, args.encoding, args.rate, args.format,
+        _read_options(args), headers, on_progress=progress, on_problem=_print_problem,
+    ))
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    print(f"replayed to {args.endpoint} ({args.protocol}): {summary.spans:,} spans in {summary.requests:,} requests, "
+          f"{summary.seconds:.1f} s ({summary.spans_per_second:,.0f} spans/s), {summary.rejected:,} rejected, "
+          f"{summary.retries} retries, {len(summary.problems)} problem(s)")
+    return 0 if not summary.problems and not summary.rejected else 2
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"halod {__version__}")
     return 0
@@ -97,6 +171,39 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--max-rows", type=int, default=1000, help="rows to return at most (default 1000)")
     query.add_argument("--max-width", type=int, default=60, help="table cells are cut at this width")
     query.set_defaults(func=cmd_query)
+
+    from halod import formats
+
+    def source_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("files", nargs="+", metavar="FILE", help="trace files (docs/formats.md)")
+        sub.add_argument("--format", choices=formats.FORMATS, help="skip detection and read every file as this format")
+        sub.add_argument("--tools", metavar="TOOLS_JSON",
+                         help="OpenAI tool definitions offered to the agent (transcripts carry none)")
+        sub.add_argument("--transcript-start", metavar="ISO_TIME",
+                         help="made-up start of the first transcript run (default 2025-01-01T00:00:00Z)")
+        sub.add_argument("--transcript-step", type=float, metavar="SECONDS",
+                         help="made-up duration of one transcript message (default 1)")
+        sub.add_argument("--service-name", help="service.name for formats that carry none")
+
+    imports = command("import", "import trace files into the store (via the daemon when it runs); "
+                                "exit 2 when some records were skipped")
+    source_options(imports)
+    imports.add_argument("--pipeline", help="pipeline whose processors the spans go through (default: traces)")
+    imports.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    imports.set_defaults(func=cmd_import)
+    replay = commands.add_parser("replay", help="send trace files over OTLP to halod or any collector",
+                                 description="send trace files over OTLP to halod or any collector; "
+                                             "exit 2 when records were skipped or spans rejected")
+    source_options(replay)
+    replay.add_argument("--endpoint", required=True, help="host:port or URL, e.g. 127.0.0.1:4317 or "
+                                                         "http://127.0.0.1:4318/v1/traces (https: TLS)")
+    replay.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="default grpc")
+    replay.add_argument("--encoding", choices=("protobuf", "json"), default="protobuf",
+                        help="body encoding over http (default protobuf)")
+    replay.add_argument("--rate", type=float, help="spans per second at most (default: as fast as acknowledged)")
+    replay.add_argument("--token", default=os.environ.get("HALOD_TOKEN"),
+                        help="bearer token (default $HALOD_TOKEN)")
+    replay.set_defaults(func=cmd_replay)
     commands.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     return parser
 
@@ -113,10 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QueryError as exc:
         print(f"error: query failed: {exc}", file=sys.stderr)
         return 1
+    except (OSError, ValueError) as exc:  # a file that cannot be read, a bad option value
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         from halod.adminclient import AdminError
+        from halod.replay import ReplayError
 
-        if isinstance(exc, AdminError):
+        if isinstance(exc, AdminError | ReplayError):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise

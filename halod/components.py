@@ -175,6 +175,9 @@ class Registry:
 # module imports only its config and factory so heavy dependencies load when a pipeline uses them.
 BUILTIN_COMPONENTS = (
     "halod.receivers.otlp",
+    "halod.receivers.file",
+    "halod.receivers.langfuse",
+    "halod.receivers.phoenix",
     "halod.processors.redact",
     "halod.exporters.debug",
 )

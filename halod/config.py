@@ -39,7 +39,8 @@ SectionT = TypeVar("SectionT", bound=BaseModel)
 class RetentionConfig(StrictModel):
     max_age: Duration | None = Field(
         default=7 * 86400.0,
-        description="Drop spans that ended longer ago than this (e.g. 7d). null keeps them forever.",
+        description="Drop spans that ended and were stored longer ago than this (e.g. 7d): imported history "
+        "is kept this long after its import. null keeps them forever.",
     )
     max_size: ByteSize | None = Field(
         default=None,

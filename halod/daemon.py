@@ -13,19 +13,28 @@ Nothing acknowledged is lost either way: acknowledged spans are already in DuckD
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
 import time
 from typing import Any
 
-from halod import __version__
-from halod.admin import AdminServer
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from halod import __version__, otlp
+from halod.admin import AdminServer, error_response, json_response
 from halod.components import StartError
 from halod.config import HalodConfig
+from halod.model import ImportResult, InvalidPayload, Refused
+from halod.normalize import normalize_request
 from halod.pipeline import Graph, build_graph
 from halod.store import SpanStore
 from halod.telemetry import Telemetry
+
+# Largest body of one POST /api/v1/import (the CLI sends chunks of a few MB).
+MAX_IMPORT_BODY = 64 * 2**20
 
 
 class Daemon:
@@ -38,6 +47,7 @@ class Daemon:
         self.graph: Graph = build_graph(config, self.store, self.telemetry)
         self.admin = AdminServer(config.service.telemetry.metrics, self.telemetry, self.store, self.status)
         self.admin.add_readiness_check(self._not_ready_reasons)
+        self.admin.add_route("POST", "/api/v1/import", self._api_import)
         self._started: list[Any] = []
         self._ready = False
         self._started_at = time.time()
@@ -51,22 +61,61 @@ class Daemon:
     async def source_cursor(self, source: str) -> str | None:
         return await asyncio.to_thread(self.store.source_cursor, source)
 
+    async def ingest(self, request: ExportTraceServiceRequest, pipeline: str | None = None,
+                     source: str = "import") -> ImportResult:
+        """Normalize `request` and send it down `pipeline`'s acknowledgement path (its processors, then
+        the store), as a receiver would: the path of `halod import` (admin API or embedded). The
+        default pipeline is `traces`, else the first one in the config."""
+        pipeline = pipeline or ("traces" if "traces" in self.graph.entries else next(iter(self.graph.entries)))
+        entry = self.graph.entries.get(pipeline)
+        if entry is None:
+            raise InvalidPayload(f"no pipeline {pipeline!r}; the config has {', '.join(self.graph.entries)}",
+                                 reason="unknown_pipeline")
+        batch = normalize_request(request, source)
+        result = await entry.consume(batch)
+        return ImportResult(result.ingest_seq, result.stored, result.duplicates, batch.rejected,
+                            batch.rejection_reason)
+
+    async def _api_import(self, request: web.Request) -> web.Response:
+        """POST /api/v1/import?pipeline=P&source=S, body: one OTLP protobuf ExportTraceServiceRequest."""
+        pipeline = request.query.get("pipeline")
+        source = request.query.get("source", "import")
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(2**16):
+            body += chunk
+            if len(body) > MAX_IMPORT_BODY:
+                return error_response(413, f"an import request may carry at most {MAX_IMPORT_BODY} bytes; "
+                                           "send smaller chunks")
+        try:
+            result = await self.ingest(otlp.decode_protobuf(bytes(body)), pipeline, source)
+        except InvalidPayload as exc:
+            return error_response(400, str(exc))
+        except Refused as exc:
+            response = error_response(503, str(exc))
+            response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+            return response
+        return json_response(dataclasses.asdict(result))
+
     # Lifecycle -------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, serve: bool = True) -> None:
+        """Open the store and start the components. `serve` False is the embedded mode of the CLI's
+        import (and later batch analysis): no admin listener and no receivers, so it binds no port
+        and takes spans only through `ingest`; everything after the store runs as in the daemon."""
         log = self.telemetry.log
         log.info("halod starting", version=__version__, config=self.config.source, pid=os.getpid())
         for warning in self.config.warnings:
             log.warning("config warning", warning=warning)
         try:
             await asyncio.to_thread(self.store.open)
-            await self.admin.start()
+            if serve:
+                await self.admin.start()
             self.store.subscribe(self.graph.route)
             components: list[tuple[str, Any]] = [
                 *((f"extension {cid}", ext) for cid, ext in self.graph.extensions),
                 *((f"exporter {cid}", runner.exporter) for cid, runner in self.graph.exporters.items()),
                 *((f"processor {pid}", proc) for pid, proc in self.graph.processors),
-                *((f"receiver {cid}", rec) for cid, rec in self.graph.receivers),
+                *((f"receiver {cid}", rec) for cid, rec in self.graph.receivers if serve),
             ]
             for name, component in components:
                 await component.start(self)

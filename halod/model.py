@@ -99,6 +99,18 @@ class CommitResult:
     duplicates: int
 
 
+@dataclass(slots=True, frozen=True)
+class ImportResult:
+    """What an import request (`Daemon.ingest`, POST /api/v1/import) did: the commit's figures plus
+    the spans normalization rejected (invalid ids or times) and why."""
+
+    ingest_seq: int
+    stored: int
+    duplicates: int
+    rejected: int
+    rejection_reason: str
+
+
 @dataclass(slots=True)
 class CommitEvent:
     """Published after a commit, off the acknowledgement path, to whatever consumes committed spans.

@@ -72,6 +72,7 @@ class Graph:
     receivers: list[tuple[ComponentID, Any]] = field(default_factory=list)
     extensions: list[tuple[ComponentID, Any]] = field(default_factory=list)
     routes: dict[str, list[ExporterRunner]] = field(default_factory=dict)  # pipeline -> its exporters
+    entries: dict[str, Consumer] = field(default_factory=dict)  # pipeline -> head of its ack path (imports)
 
     def route(self, event: CommitEvent) -> None:
         """Store commit listener: hand the event to the pipeline's exporters (never blocks)."""
@@ -106,6 +107,7 @@ def build_graph(config: HalodConfig, store: SpanStore, telemetry: Telemetry) -> 
             processor = spec.factory.create(settings(spec.id, pipeline_name), spec.config, next_consumer)
             graph.processors.insert(0, (f"{pipeline_name}/{spec.id}", processor))
             next_consumer = ProcessorGuard(str(spec.id), processor, telemetry)
+        graph.entries[pipeline_name] = next_consumer
         for name in pipeline.receivers:
             spec = config.component(Kind.RECEIVER, name)
             receiver = spec.factory.create(settings(spec.id, pipeline_name), spec.config, next_consumer)

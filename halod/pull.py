@@ -9,7 +9,8 @@ Delivery: each page is normalized and committed with its cursor in one store tra
 crash the receiver resumes from the last committed cursor: nothing is skipped, and a page fetched
 twice (the commit was lost with the process) is deduplicated by the store.
 
-Failures: a failed fetch is retried with the shared backoff (`retry_on_failure`) and counted; a
+Failures: a failed fetch is retried with the shared backoff (`retry_on_failure`; never sooner than
+an exception's `retry_after_s`, for sources told to wait by HTTP 429/503) and counted; a
 store refusal (queue full) waits as long as the store asks and retries the same page; records a
 source cannot convert are reported (log + `halod_receiver_bad_records`) and skipped, never the page.
 """
@@ -106,7 +107,8 @@ class PullReceiver(ABC):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any fault of the source: log, count, back off, try again
-                wait = backoff.next_wait()
+                # a source that was told how long to wait (HTTP 429/503 Retry-After) says so as retry_after_s
+                wait = backoff.next_wait(at_least=float(getattr(exc, "retry_after_s", 0.0) or 0.0))
                 self.telemetry.pull_failed(self.id, exc, backoff.attempts)
                 await asyncio.sleep(config.poll_interval if wait is None else wait)
                 if wait is None:

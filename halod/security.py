@@ -64,3 +64,30 @@ class TLSConfig(StrictModel):
             context.load_verify_locations(self.client_ca_file)
             context.verify_mode = ssl.CERT_REQUIRED
         return context
+
+
+class ClientTLSConfig(StrictModel):
+    """TLS of an https URL a component calls (the system's CAs are trusted by default)."""
+
+    ca_file: Path | None = Field(
+        default=None, description="PEM file of the CA(s) that signed the server's certificate, instead of the "
+        "system's trust store."
+    )
+    insecure_skip_verify: bool = Field(
+        default=False, description="Accept any server certificate (no verification at all): for tests only."
+    )
+
+    @field_validator("ca_file")
+    @classmethod
+    def _file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"file {str(path)!r} does not exist")
+        return path
+
+    def client_ssl(self) -> ssl.SSLContext | bool:
+        """What aiohttp's `ssl=` takes: a context trusting `ca_file`, False (no verification) or True."""
+        if self.insecure_skip_verify:
+            return False
+        if self.ca_file is not None:
+            return ssl.create_default_context(cafile=str(self.ca_file))
+        return True

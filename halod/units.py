@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator
 
@@ -80,6 +81,20 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def parse_base_url(value: Any) -> str:
+    """An http(s) URL that paths are appended to: scheme and host required, no query or fragment,
+    trailing slashes dropped (a path prefix, e.g. behind a proxy, is kept)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an http(s) URL, got {value!r}")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"invalid URL {value!r}: expected an http(s) URL such as https://host:port")
+    if parts.query or parts.fragment:
+        raise ValueError(f"invalid URL {value!r}: a base URL takes no query or fragment")
+    return value.strip().rstrip("/")
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
 Endpoint = Annotated[str, BeforeValidator(parse_endpoint)]
+BaseURL = Annotated[str, BeforeValidator(parse_base_url)]

@@ -53,6 +53,23 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
     )
 
 
+def wait_until_serving(url: str, proc: subprocess.Popen[bytes], what: str, log: Callable[[], str],
+                       timeout: float, interval: float = 0.1) -> None:
+    """Poll `url` until it answers 200; fail with the server's log if `proc` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not serving {url} after {timeout} s:\n{log()}")
+
+
 @dataclass
 class Daemon:
     """A halod subprocess with its config file, ports and log."""
@@ -92,8 +109,12 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def start(self, wait: bool = True) -> Daemon:
+    def write_config(self) -> Path:
         self.config_path.write_text(yaml.safe_dump(self.config))
+        return self.config_path
+
+    def start(self, wait: bool = True) -> Daemon:
+        self.write_config()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "halod", "run", "--config", str(self.config_path)],
@@ -105,18 +126,8 @@ class Daemon:
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"halod exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.admin_url + "/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"halod not ready after {timeout} s:\n{self.log()}")
+        assert self.proc is not None
+        wait_until_serving(self.admin_url + "/readyz", self.proc, "halod", self.log, timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send `sig` and wait for the exit code."""

@@ -638,6 +638,48 @@ def test_decode_json_structural_errors_are_invalid_payload(document: dict[str, A
         otlp.decode_json(json.dumps(document))
 
 
+def test_decode_json_reads_every_otlp_field_back() -> None:
+    """OTLP/JSON written from a request with every field and every AnyValue type set decodes to the
+    same request (decode_json builds messages field by field; this keeps it complete)."""
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add(schema_url="https://opentelemetry.io/schemas/1.26.0")
+    resource_spans.resource.attributes.add(key="service.name").value.string_value = "svc"
+    resource_spans.resource.dropped_attributes_count = 2
+    scope_spans = resource_spans.scope_spans.add(schema_url="scope-schema")
+    scope_spans.scope.name, scope_spans.scope.version = "scope", "1.0"
+    scope_spans.scope.attributes.add(key="scope.attr").value.bool_value = False
+    span = scope_spans.spans.add(
+        trace_id=bytes(range(16)), span_id=bytes(range(8)), parent_span_id=bytes(range(8, 16)),
+        trace_state="vendor=1", flags=257, name="everything", kind=Span.SPAN_KIND_CLIENT,
+        start_time_unix_nano=2**62 + 1, end_time_unix_nano=2**62 + 999, dropped_attributes_count=3,
+        dropped_events_count=4, dropped_links_count=5,
+    )
+    values = {
+        "s": AnyValue(string_value="text"), "empty": AnyValue(string_value=""), "i": AnyValue(int_value=-(2**63)),
+        "d": AnyValue(double_value=0.25), "b": AnyValue(bool_value=True), "bytes": AnyValue(bytes_value=b"\x00\xff"),
+        "unset": AnyValue(),
+    }
+    for key, value in values.items():
+        span.attributes.add(key=key).value.CopyFrom(value)
+    nested = span.attributes.add(key="nested").value
+    nested.array_value.values.add().kvlist_value.values.add(key="k").value.int_value = 7
+    nested.array_value.values.add().array_value.SetInParent()
+    event = span.events.add(time_unix_nano=2**62 + 5, name="exception", dropped_attributes_count=1)
+    event.attributes.add(key="exception.message").value.string_value = "boom"
+    link = span.links.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)), trace_state="t", flags=1,
+                          dropped_attributes_count=6)
+    link.attributes.add(key="link.attr").value.double_value = 1.5
+    span.status.code, span.status.message = Status.STATUS_CODE_ERROR, "failed"
+
+    assert otlp.decode_json(otlp.encode_json_request(request)) == request
+    # enum names and 64-bit integers as numbers are read too
+    document = json.loads(otlp.encode_json_request(request))
+    first = document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    first["kind"], first["status"]["code"] = "SPAN_KIND_CLIENT", "STATUS_CODE_ERROR"
+    first["startTimeUnixNano"] = int(first["startTimeUnixNano"])
+    assert otlp.decode_json(json.dumps(document)) == request
+
+
 def test_decode_json_empty_object_is_an_empty_request() -> None:
     assert normalize_request(otlp.decode_json(b"{}"), "otlp").num_spans == 0
 

@@ -363,14 +363,14 @@ async def test_query_max_rows_truncates(make_store: StoreFactory) -> None:
 # ---------------------------------------------------------------------------------------------- retention
 
 
-async def test_age_retention_drops_spans_that_ended_too_long_ago(make_store: StoreFactory) -> None:
-    store = await opened(make_store(retention={"max_age": "1h", "check_interval": 0.1}))
+async def test_age_retention_drops_spans_that_ended_and_were_stored_too_long_ago(make_store: StoreFactory) -> None:
+    store = await opened(make_store(retention={"max_age": "1s", "check_interval": 0.1}))
     now = time.time_ns()
     old = list(range(1, 31))
     recent = list(range(31, 51))
-    # old and recent spans mixed in the same requests
-    await store.write(batch(old[:15] + recent[:10], end_ns=[now - 2 * HOUR_NS] * 15 + [now] * 10))
-    await store.write(batch(old[15:] + recent[10:], end_ns=[now - 25 * HOUR_NS] * 15 + [now - HOUR_NS // 2] * 10))
+    # old and recent spans mixed in the same requests; "recent" ones end an hour ahead (clock skew)
+    await store.write(batch(old[:15] + recent[:10], end_ns=[now - 2 * HOUR_NS] * 15 + [now + HOUR_NS] * 10))
+    await store.write(batch(old[15:] + recent[10:], end_ns=[now - 25 * HOUR_NS] * 15 + [now + HOUR_NS] * 10))
 
     await wait_for(lambda: metric(store, "halod_store_retention_dropped_spans_total", reason="age") >= len(old),
                    "age retention to drop the old spans")
@@ -379,6 +379,17 @@ async def test_age_retention_drops_spans_that_ended_too_long_ago(make_store: Sto
     assert [row[0] for row in remaining] == [span_id(k) for k in recent]
     # the store still takes writes after retention ran
     assert (await store.write(batch([99]))).stored == 1
+
+
+async def test_imported_history_is_kept_max_age_after_its_import(make_store: StoreFactory) -> None:
+    """Spans that ended long ago but were just stored (an import of last month's traces) stay."""
+    store = await opened(make_store(retention={"max_age": "1h", "check_interval": 0.05}))
+    await store.write(batch([1, 2], end_ns=time.time_ns() - 30 * 24 * HOUR_NS))
+    for key in range(3, 8):  # several retention checks, using commits as the clock
+        await asyncio.sleep(0.06)
+        await store.write(batch([key]))
+    assert await query(store, "SELECT count(*) FROM spans") == [(7,)]
+    assert metric(store, "halod_store_retention_dropped_spans_total", reason="age") == 0
 
 
 async def test_no_retention_when_max_age_is_null(make_store: StoreFactory) -> None:

@@ -402,7 +402,8 @@ class SpanStore:
         try:
             if retention.max_age is not None:
                 cutoff = time.time_ns() - int(retention.max_age * 1e9)
-                self._drop_before(cutoff, "age")
+                # by the later of end and ingestion time: imported history stays max_age after its import
+                self._drop_before(cutoff, "age", also_ingested_before=True)
             if retention.max_size is not None:
                 self._enforce_max_size(retention.max_size)
         except duckdb.Error as exc:
@@ -431,12 +432,15 @@ class SpanStore:
             self._drop_before(int(cutoff) + 1, "size", vacuum=True)
         self._size_after_drop = self.data_size()
 
-    def _drop_before(self, cutoff_ns: int, reason: str, vacuum: bool = False) -> None:
-        """Delete the spans that ended before `cutoff_ns` and checkpoint. `vacuum`: with DuckDB's
-        default vacuum (off for the writer, see _WRITER_SETTINGS), which merges partly deleted row
-        groups to free their space; it must run in the checkpoint that follows the delete."""
+    def _drop_before(self, cutoff_ns: int, reason: str, vacuum: bool = False,
+                     also_ingested_before: bool = False) -> None:
+        """Delete the spans that ended before `cutoff_ns` (and, with `also_ingested_before`, were
+        stored before it) and checkpoint. `vacuum`: with DuckDB's default vacuum (off for the writer,
+        see _WRITER_SETTINGS), which merges partly deleted row groups to free their space; it must run
+        in the checkpoint that follows the delete."""
         assert self._con is not None
-        dropped = int(scalar(self._con, "DELETE FROM spans WHERE end_ns < ?", [cutoff_ns]) or 0)
+        where = "end_ns < $1" + (" AND ingested_ns < $1" if also_ingested_before else "")
+        dropped = int(scalar(self._con, f"DELETE FROM spans WHERE {where}", [cutoff_ns]) or 0)
         if dropped:
             if vacuum:
                 self._con.execute("RESET max_vacuum_tasks")

@@ -1,0 +1,3 @@
+from halod.receivers.file.factory import FACTORY
+
+__all__ = ["FACTORY"]

@@ -1,0 +1,3 @@
+from halod.receivers.langfuse.factory import FACTORY
+
+__all__ = ["FACTORY"]

@@ -1,0 +1,3 @@
+from halod.receivers.phoenix.factory import FACTORY
+
+__all__ = ["FACTORY"]
