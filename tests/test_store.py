@@ -567,3 +567,42 @@ async def test_a_refused_batch_does_not_move_its_cursor(make_store: StoreFactory
         await store.write(bad)
     assert await asyncio.to_thread(store.source_cursor, "phoenix") == "page-1"
     assert await query(store, "SELECT count(*) FROM spans") == [(1,)]
+
+
+# ------------------------------------------------------------------------------------------- write jobs
+
+
+async def test_write_jobs_run_in_order_with_commits_in_one_transaction(make_store: StoreFactory) -> None:
+    """Derived tables are written by the writer thread: a job sees the spans queued before it, its
+    failure rolls back everything it did, and a closing store still runs the jobs queued."""
+    store = await opened(make_store())
+
+    def create(con: Any) -> None:
+        con.execute("CREATE TABLE derived (n BIGINT)")
+
+    await store.run_write(create)
+    write = asyncio.ensure_future(store.write(batch([1, 2, 3])))
+
+    def count_spans(con: Any) -> int:
+        con.execute("INSERT INTO derived SELECT count(*) FROM spans")
+        return int(con.execute("SELECT max(n) FROM derived").fetchall()[0][0])
+
+    assert await store.run_write(count_spans) == 3
+    await write
+
+    def half_then_fail(con: Any) -> None:
+        con.execute("INSERT INTO derived VALUES (99)")
+        raise ValueError("job bug")
+
+    with pytest.raises(ValueError, match="job bug"):
+        await store.run_write(half_then_fail)
+    assert await asyncio.to_thread(store.read, lambda con: con.execute("SELECT n FROM derived").fetchall()) == [(3,)]
+
+    queued = asyncio.ensure_future(store.run_write(lambda con: con.execute("INSERT INTO derived VALUES (4)")))
+    await asyncio.sleep(0)
+    await asyncio.to_thread(store.close)
+    await queued
+    with pytest.raises(StoreClosed):
+        await store.run_write(create)
+    reopened = await opened(make_store())
+    assert await query(reopened, "SELECT n FROM derived ORDER BY n") == [(3,), (4,)]

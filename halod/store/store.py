@@ -28,7 +28,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -66,6 +66,14 @@ class _Pending:
 
 
 _Committed = tuple[_Pending, CommitResult, pa.Table]
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Job:
+    run: Callable[[duckdb.DuckDBPyConnection], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
 
 
 class StoreClosed(Exception):
@@ -93,6 +101,7 @@ class SpanStore:
         self.telemetry = telemetry
         self._queue_config = config.queue
         self._pending: deque[_Pending] = deque()
+        self._jobs: deque[_Job] = deque()
         self._pending_bytes = 0
         self._lock = threading.Condition()
         self._closing = False
@@ -187,6 +196,35 @@ class SpanStore:
         # Shielded: a client that disconnects must not cancel a commit already queued.
         return await asyncio.shield(future)
 
+    async def run_write(self, job: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run `job(connection)` on the writer thread in one transaction, after the span commits queued
+        before it, and return its result (its exception rolls the transaction back and is raised here).
+
+        For halod's own derived tables (traces, signals, windows, ...): the writer is the only
+        connection that writes, so these never race span commits. A job must be short (span commits
+        wait behind it) and must not touch `spans`. Not subject to the span queue's admission limits:
+        callers bound their own jobs.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if self._closing or self._con is None or self._thread is None:
+                raise StoreClosed("the store is not open")
+            self._jobs.append(_Job(job, future, loop))
+            self._lock.notify()
+        return await asyncio.shield(future)
+
+    def read(self, job: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run `job(cursor)` on a cursor of its own (blocking: call it from a thread); for reads of
+        halod's own code (no statement restrictions, unlike `query`). Never blocks the writer."""
+        if self._con is None:
+            raise StoreClosed("the store is not open")
+        cursor = self._con.cursor()
+        try:
+            return job(cursor)
+        finally:
+            cursor.close()
+
     # -- reads ---------------------------------------------------------------------------------------
 
     def query(self, sql: str, max_rows: int = 10_000, timeout_s: float | None = 60.0) -> QueryResult:
@@ -205,15 +243,17 @@ class SpanStore:
 
     # -- the writer thread ----------------------------------------------------------------------------
 
-    def _take(self) -> list[_Pending] | None:
+    def _take(self) -> tuple[list[_Pending], list[_Job]] | None:
         max_spans = self._queue_config.max_batch_spans
         with self._lock:
-            while not self._pending:
+            while not self._pending and not self._jobs:
                 if self._closing:
                     return None
                 self._lock.wait(timeout=self._retention_wait())
-                if not self._pending and not self._closing:
-                    return []  # woke up for retention
+                if not self._pending and not self._jobs and not self._closing:
+                    return [], []  # woke up for retention
+            jobs = list(self._jobs)
+            self._jobs.clear()
             taken: list[_Pending] = []
             spans = 0
             while self._pending and (not taken or spans + self._pending[0].batch.num_spans <= max_spans):
@@ -223,7 +263,7 @@ class SpanStore:
                 taken.append(item)
         self.telemetry.store_queue_size.set(len(self._pending))
         self.telemetry.store_queue_bytes.set(self._pending_bytes)
-        return taken
+        return taken, jobs
 
     def _retention_wait(self) -> float:
         return max(0.05, self._next_retention - time.monotonic())
@@ -231,11 +271,14 @@ class SpanStore:
     def _run(self) -> None:
         self._next_retention = time.monotonic() + self.config.retention.check_interval
         while True:
-            taken = self._take()
-            if taken is None:
+            work = self._take()
+            if work is None:
                 return
+            taken, jobs = work
             if taken:
                 self._commit(taken)
+            for job in jobs:  # after the spans queued with them: a job sees what was queued before it
+                self._run_job(job)
             if time.monotonic() >= self._next_retention:
                 self._enforce_retention()
                 self._next_retention = time.monotonic() + self.config.retention.check_interval
@@ -329,6 +372,22 @@ class SpanStore:
             con.execute("ROLLBACK")
             raise
         return rows
+
+    def _run_job(self, job: _Job) -> None:
+        assert self._con is not None
+        con = self._con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                result = job.run(con)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
+        else:
+            job.loop.call_soon_threadsafe(_settle, job.future, result, None)
 
     def _only_new(self, results: list[_Committed]) -> list[_Committed]:
         """Drop redelivered spans from commit-event tables (rare path: only when duplicates arrived).
@@ -457,3 +516,12 @@ class SpanStore:
         used = scalar(self._con, "SELECT block_size * used_blocks FROM pragma_database_size()")
         wal = self.config.path.with_name(self.config.path.name + ".wal")
         return int(used or 0) + (os.path.getsize(wal) if wal.exists() else 0)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

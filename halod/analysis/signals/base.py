@@ -1,0 +1,63 @@
+"""What every detector is: a pure function of a completed trace (plus read-only context) that
+returns findings. Detectors never write anything; the signal stage stores their findings in the
+`signals` table (trace, span, signal, severity, details) so evidence points at spans.
+
+A detector module (one per signal family, in this package) defines:
+
+- `Config`: a strict pydantic model (`halod.security.StrictModel`) of its knobs, every field with a
+  default and a description (docs are generated from it), including `enabled: bool = True`;
+- `Detector(config)`: with `name` (the signal name, or `names` for a family emitting several, e.g.
+  refusal and refusal_loop), and `detect(trace, context) -> list[Finding]`;
+- a module docstring that states the exact rule, the knobs and an example; the example is a test.
+
+Detectors must be cheap (tens of microseconds per span: they run on every completed trace), must
+treat every string in the trace as untrusted data (never eval, never build SQL from it), and must be
+deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from halod.analysis.trace import SpanView, TraceSpans
+
+Severity = Literal["info", "warning", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One failure signal in one trace. `span_id` is the evidence (None when the whole trace is the
+    evidence, e.g. no final answer); `tool` names the tool concerned, if any (breakdowns by tool);
+    `details` is a small JSON-able dict saying what matched (pattern, arguments, counts, ...)."""
+
+    signal: str
+    severity: Severity
+    span_id: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+    tool: str | None = None
+
+    @classmethod
+    def at(cls, signal: str, severity: Severity, span: SpanView | None, tool: str | None = None,
+           **details: Any) -> Finding:
+        return cls(signal, severity, span.span_id if span is not None else None, details, tool)
+
+
+@dataclass
+class DetectContext:
+    """Read-only knowledge beyond the trace itself.
+
+    `declared_tools`: tool definitions configured for a service or agent (name -> OpenAI-style
+    definition with its JSON schema), used when the trace does not carry the tools offered to the
+    model. `baselines`: trailing statistics for outlier detectors, keyed by (signal, service, agent),
+    each the sorted recent values (the signal stage maintains them).
+    """
+
+    declared_tools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baselines: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, trace: TraceSpans, context: DetectContext) -> list[Finding]: ...

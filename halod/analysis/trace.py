@@ -1,0 +1,106 @@
+"""The spans of one completed trace, as detectors read them.
+
+A `TraceSpans` is built from the store's rows (an Arrow table with the `spans` columns) and holds
+`SpanView`s in start-time order. Typed columns are plain attributes; the JSON columns are parsed on
+first use only (most detectors never need the full attribute map), so building a view is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cached_property
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+
+class SpanView:
+    """One stored span. Attribute names are the `spans` columns (docs/schema.md)."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self._row = row
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._row[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @cached_property
+    def attrs(self) -> dict[str, Any]:
+        """Every span attribute (the `attributes` JSON object), parsed once."""
+        text = self._row.get("attributes")
+        return orjson.loads(text) if text else {}
+
+    @cached_property
+    def event_list(self) -> list[dict[str, Any]]:
+        """Span events as [{name, time_ns, attributes}], parsed once."""
+        text = self._row.get("events")
+        return orjson.loads(text) if text else []
+
+    @property
+    def is_error(self) -> bool:
+        return self._row.get("status_code") == "ERROR"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A span attribute by its full key (e.g. "llm.tools.0.tool.json_schema")."""
+        return self.attrs.get(key, default)
+
+    def __repr__(self) -> str:
+        return f"SpanView({self._row.get('semantic_kind')} {self._row.get('name')!r} {self._row.get('span_id')})"
+
+
+class TraceSpans:
+    """All spans of one trace, ordered by start time (then span id, for a stable order)."""
+
+    def __init__(self, trace_id: str, spans: list[SpanView]) -> None:
+        self.trace_id = trace_id
+        self.spans = sorted(spans, key=lambda s: (s.start_ns or 0, s.span_id))
+        self.by_id = {span.span_id: span for span in self.spans}
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> list[TraceSpans]:
+        """One view per trace in `table` (rows of any number of traces)."""
+        groups: dict[str, list[SpanView]] = {}
+        for row in table.to_pylist():
+            groups.setdefault(row["trace_id"], []).append(SpanView(row))
+        return [cls(trace_id, spans) for trace_id, spans in groups.items()]
+
+    def __iter__(self) -> Iterator[SpanView]:
+        return iter(self.spans)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    @cached_property
+    def root(self) -> SpanView | None:
+        """The span without a parent (the earliest if several); None when the root never arrived."""
+        roots = [span for span in self.spans if not span.parent_span_id]
+        return roots[0] if roots else None
+
+    def of_kind(self, semantic_kind: str) -> list[SpanView]:
+        return [span for span in self.spans if span.semantic_kind == semantic_kind]
+
+    @cached_property
+    def llm_spans(self) -> list[SpanView]:
+        return self.of_kind("LLM")
+
+    @cached_property
+    def tool_spans(self) -> list[SpanView]:
+        return self.of_kind("TOOL")
+
+    def children(self, span: SpanView) -> list[SpanView]:
+        return [child for child in self.spans if child.parent_span_id == span.span_id]
+
+    @cached_property
+    def services(self) -> list[str]:
+        return sorted({span.service_name for span in self.spans if span.service_name})
+
+    @cached_property
+    def end_ns(self) -> int:
+        return max((span.end_ns or 0) for span in self.spans) if self.spans else 0
+
+    @cached_property
+    def start_ns(self) -> int:
+        return min((span.start_ns or 0) for span in self.spans) if self.spans else 0
