@@ -81,6 +81,11 @@ class AdminClient:
         result = self._request("POST", path, body, content_type="application/x-protobuf")
         return ImportResult(**result)
 
+    def flush(self) -> dict[str, Any]:
+        """POST /api/v1/flush: complete every open trace, close every window, evaluate the triggers."""
+        result: dict[str, Any] = self._request("POST", "/api/v1/flush", {}, timeout=600)
+        return result
+
     def query(self, sql: str, max_rows: int) -> QueryResult:
         result = self._request("POST", "/api/v1/query", {"sql": sql, "max_rows": max_rows})
         return QueryResult(result["columns"], result["types"], [tuple(row) for row in result["rows"]],

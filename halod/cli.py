@@ -1,4 +1,4 @@
-"""The `halod` command line: run, validate, query, import, replay, version.
+"""The `halod` command line: run, validate, query, import, replay, flush, signals, version.
 
 Every command takes --config (default: $HALOD_CONFIG, else the embedded default config), so the CLI
 finds the same store and admin address as the daemon it talks to.
@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,6 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def _read_options(args: argparse.Namespace) -> Any:
-    from datetime import datetime
-
     from halod.formats import ReadOptions
 
     settings: dict[str, Any] = {}
@@ -100,9 +99,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     config = _load(args)
     options = _read_options(args)
     summary = asyncio.run(run_import(config, [Path(p) for p in args.files], args.format, options, args.pipeline,
-                                     on_problem=_print_problem))
+                                     on_problem=_print_problem, flush=not args.no_flush))
     if args.json:
         print(json.dumps({"via": summary.via, **summary.totals(), "problems": summary.problems,
+                          "flush": summary.flush,
                           "files": [{**vars(f), "problems": [str(p) for p in f.problems]} for f in summary.files]}))
     else:
         for file in summary.files:
@@ -111,7 +111,72 @@ def cmd_import(args: argparse.Namespace) -> int:
         totals = summary.totals()
         print(f"imported into {summary.via}: {totals['stored']:,} new spans, {totals['duplicates']:,} already "
               f"stored, {totals['rejected']:,} rejected, {summary.problems} problem(s)")
+        if summary.flush is not None:
+            _print_flush(summary.flush)
     return 0 if summary.complete else 2
+
+
+def _print_flush(result: dict[str, Any]) -> None:
+    print(f"flushed: {result['traces_completed']:,} trace(s) completed, {result['windows_closed']} window(s) "
+          f"closed, {len(result['trips'])} trigger trip(s)")
+    for trip in result["trips"]:
+        print(f"  trip {trip['rule']}: {trip['dimension']}={trip['value']} {trip['reason']}")
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from halod.adminclient import AdminClient
+
+    _quiet_logging()
+    config = _load(args)
+    client = AdminClient.from_config(config)
+    if client.is_up():
+        result = client.flush()
+    else:
+        from halod.daemon import Daemon
+
+        async def embedded() -> dict[str, Any]:
+            daemon = Daemon(config)
+            await daemon.start(serve=False)
+            try:
+                return dataclasses.asdict(await daemon.flush())
+            finally:
+                await daemon.shutdown()
+
+        result = asyncio.run(embedded())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_flush(result)
+    return 0
+
+
+def cmd_signals(args: argparse.Namespace) -> int:
+    from halod.adminclient import query_store
+
+    config = _load(args)
+    if args.trace:
+        if not all(c in "0123456789abcdef" for c in args.trace.lower()) or len(args.trace) != 32:
+            raise ValueError(f"--trace {args.trace!r}: a trace id is 32 hex characters")
+        sql = ("SELECT signal, severity, tool, span_id, details FROM signals "
+               f"WHERE trace_id = '{args.trace.lower()}' ORDER BY signal, span_id")
+    else:
+        if args.window:
+            start = datetime.fromisoformat(args.window.replace("Z", "+00:00"))
+            if start.tzinfo is None:
+                raise ValueError("--window needs a time zone, e.g. 2026-11-24T10:00:00Z")
+            at_ns = int(start.timestamp() * 1e9)
+            window = f"(SELECT max(window_start_ns) FROM window_stats WHERE window_start_ns <= {at_ns})"
+        else:
+            window = "(SELECT max(window_start_ns) FROM window_stats WHERE closed)"
+        sql = ("SELECT make_timestamp(window_start_ns // 1000) AS window_start, dimension, value, signal, traces, "
+               "affected_traces AS affected, round(rate, 4) AS rate FROM window_stats "
+               f"WHERE window_start_ns = {window} AND affected_traces > 0 "
+               "ORDER BY dimension = 'all' DESC, dimension, rate DESC, signal")
+    result, _ = query_store(config, sql, args.max_rows)
+    sys.stdout.write(format_table(result, 60))
+    return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -190,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     source_options(imports)
     imports.add_argument("--pipeline", help="pipeline whose processors the spans go through (default: traces)")
     imports.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    imports.add_argument("--no-flush", action="store_true",
+                         help="do not complete the imported traces and close their windows at the end")
     imports.set_defaults(func=cmd_import)
     replay = commands.add_parser("replay", help="send trace files over OTLP to halod or any collector",
                                  description="send trace files over OTLP to halod or any collector; "
@@ -204,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--token", default=os.environ.get("HALOD_TOKEN"),
                         help="bearer token (default $HALOD_TOKEN)")
     replay.set_defaults(func=cmd_replay)
+    flush = command("flush", "complete every open trace, close every window and evaluate the triggers")
+    flush.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    flush.set_defaults(func=cmd_flush)
+    signals = command("signals", "failure signals: of one trace, or the rates of a window (default: the last "
+                                 "closed one)")
+    signals.add_argument("--trace", help="the signals of this trace (32 hex characters)")
+    signals.add_argument("--window", metavar="ISO_TIME", help="the window containing this time")
+    signals.add_argument("--max-rows", type=int, default=200, help="rows to show at most (default 200)")
+    signals.set_defaults(func=cmd_signals)
     commands.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     return parser
 

@@ -1,6 +1,7 @@
 """halod's configuration: the Collector's YAML shape plus one top-level `storage:` section.
 
     storage:     {path, retention, queue}            halod's addition: the DuckDB store
+    analysis:    {assembly, signals, windows, triggers}   halod's addition: after the commit
     receivers:   {<type>[/<name>]: config}           e.g. otlp, otlp/edge
     processors:  {...}                               on the acknowledgement path, before the commit
     exporters:   {...}                               fed with committed spans, after the commit
@@ -28,6 +29,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from halod.analysis.config import AnalysisConfig
+from halod.analysis.signals import validate_settings
 from halod.components import ComponentID, Factory, Kind, Registry, default_registry
 from halod.security import AuthConfig, StrictModel, TLSConfig
 from halod.units import ByteSize, Duration, Endpoint
@@ -131,6 +134,7 @@ class DocumentConfig(StrictModel):
     """The top level of a YAML file, before component configs are validated by their factories."""
 
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     receivers: dict[str, Any] = Field(default_factory=dict)
     processors: dict[str, Any] = Field(default_factory=dict)
     exporters: dict[str, Any] = Field(default_factory=dict)
@@ -155,6 +159,7 @@ class HalodConfig:
     service: ServiceConfig
     components: dict[tuple[Kind, ComponentID], ComponentSpec]
     warnings: list[str] = field(default_factory=list)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def component(self, kind: Kind, id_: str | ComponentID) -> ComponentSpec:
         cid = id_ if isinstance(id_, ComponentID) else ComponentID.parse(id_)
@@ -278,6 +283,11 @@ def parse_config(
         if key not in DocumentConfig.model_fields:
             problems.append(f"{key}: unknown section (allowed: {', '.join(DocumentConfig.model_fields)})")
     storage = _validate_section(StorageConfig, document, "storage", problems)
+    analysis = _validate_section(AnalysisConfig, document, "analysis", problems)
+    signal_settings = (document.get("analysis") or {}).get("signals") if isinstance(document.get("analysis"), dict) \
+        else None
+    if isinstance(signal_settings, dict):  # checked even when the rest of `analysis` is not valid
+        problems += validate_settings(signal_settings)[1]
     service = _validate_section(ServiceConfig, document, "service", problems)
     for kind in Kind:
         if not isinstance(document.get(kind.section) or {}, dict):
@@ -312,9 +322,9 @@ def parse_config(
     warnings: list[str] = []
     if service is not None:
         problems += _check_references(service, document, warnings)
-    if problems or storage is None or service is None:
+    if problems or storage is None or service is None or analysis is None:
         raise ConfigError(source, problems, warnings)
-    return HalodConfig(source, storage, service, components, warnings)
+    return HalodConfig(source, storage, service, components, warnings, analysis)
 
 
 def _validate_section(

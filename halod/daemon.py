@@ -1,7 +1,8 @@
 """The daemon: the store, the pipeline graph and the admin listener, with their lifecycle.
 
 Start order: store (open + migrate) -> admin listener (health answers at once; ready only at the
-end) -> extensions -> exporters -> processors -> receivers. Shutdown is the reverse: receivers stop
+end) -> extensions -> exporters -> analysis (post-commit: assembly, signals, windows, triggers) ->
+processors -> receivers. Shutdown is the reverse: receivers stop
 taking requests and finish the ones in flight (each awaiting its commit), the store commits what is
 queued and closes, exporters drain their queues, and the admin listener goes last.
 
@@ -25,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from halod import __version__, otlp
 from halod.admin import AdminServer, error_response, json_response
+from halod.analysis.stage import AnalysisStage, FlushResult
 from halod.components import StartError
 from halod.config import HalodConfig
 from halod.model import ImportResult, InvalidPayload, Refused
@@ -48,6 +50,8 @@ class Daemon:
         self.admin = AdminServer(config.service.telemetry.metrics, self.telemetry, self.store, self.status)
         self.admin.add_readiness_check(self._not_ready_reasons)
         self.admin.add_route("POST", "/api/v1/import", self._api_import)
+        self.admin.add_route("POST", "/api/v1/flush", self._api_flush)
+        self.analysis = AnalysisStage(config.analysis, self.store, self.telemetry) if config.analysis.enabled else None
         self._started: list[Any] = []
         self._ready = False
         self._started_at = time.time()
@@ -96,6 +100,13 @@ class Daemon:
             return response
         return json_response(dataclasses.asdict(result))
 
+    async def flush(self) -> FlushResult:
+        """Complete every open trace, close every window, evaluate the triggers (no-op without analysis)."""
+        return await self.analysis.flush() if self.analysis is not None else FlushResult()
+
+    async def _api_flush(self, request: web.Request) -> web.Response:
+        return json_response(dataclasses.asdict(await self.flush()))
+
     # Lifecycle -------------------------------------------------------------------------------------
 
     async def start(self, serve: bool = True) -> None:
@@ -114,6 +125,7 @@ class Daemon:
             components: list[tuple[str, Any]] = [
                 *((f"extension {cid}", ext) for cid, ext in self.graph.extensions),
                 *((f"exporter {cid}", runner.exporter) for cid, runner in self.graph.exporters.items()),
+                *((("analysis", self.analysis),) if self.analysis is not None else ()),
                 *((f"processor {pid}", proc) for pid, proc in self.graph.processors),
                 *((f"receiver {cid}", rec) for cid, rec in self.graph.receivers if serve),
             ]

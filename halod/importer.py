@@ -17,9 +17,11 @@ other files are still imported.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -54,6 +56,7 @@ class ImportSummary:
     via: str  # "halod at http://..." or "store /path/halod.duckdb"
     files: list[FileSummary] = field(default_factory=list)
     last_ingest_seq: int = 0  # the commits of this import are at or below it (post-commit consumers)
+    flush: dict[str, Any] | None = None  # what the closing flush did (traces completed, windows, trips)
 
     @property
     def problems(self) -> int:
@@ -152,14 +155,19 @@ async def run_import(
     options: ReadOptions | None = None,
     pipeline: str | None = None,
     on_problem: Callable[[Problem], None] = lambda problem: None,
+    flush: bool = True,
 ) -> ImportSummary:
-    """Import through the running daemon if one answers, else into the store file directly."""
+    """Import through the running daemon if one answers, else into the store file directly; then flush
+    (complete the imported traces, close their windows, evaluate the triggers) unless told not to."""
     if pipeline is not None and pipeline not in config.service.pipelines:
         raise ValueError(f"no pipeline {pipeline!r} in {config.source}; it has {', '.join(config.service.pipelines)}")
     client = AdminClient.from_config(config)
     if client.is_up():
-        return await import_files(paths, daemon_sender(client, pipeline), f"halod at {client.base_url}",
-                                  format, options, on_problem)
+        summary = await import_files(paths, daemon_sender(client, pipeline), f"halod at {client.base_url}",
+                                     format, options, on_problem)
+        if flush:
+            summary.flush = await asyncio.to_thread(client.flush)
+        return summary
 
     from halod.daemon import Daemon
 
@@ -169,7 +177,10 @@ async def run_import(
         async def send(request: ExportTraceServiceRequest) -> ImportResult:
             return await daemon.ingest(request, pipeline)
 
-        return await import_files(paths, send, f"store {config.storage.path}", format, options, on_problem)
+        summary = await import_files(paths, send, f"store {config.storage.path}", format, options, on_problem)
+        if flush:
+            summary.flush = dataclasses.asdict(await daemon.flush())
+        return summary
     finally:
         await daemon.shutdown()
 

@@ -582,6 +582,7 @@ async def test_write_jobs_run_in_order_with_commits_in_one_transaction(make_stor
 
     await store.run_write(create)
     write = asyncio.ensure_future(store.write(batch([1, 2, 3])))
+    await asyncio.sleep(0)  # the write is queued (not yet committed) before the job below
 
     def count_spans(con: Any) -> int:
         con.execute("INSERT INTO derived SELECT count(*) FROM spans")

@@ -1,0 +1,121 @@
+"""Trace assembly: which traces are complete (after the Collector's groupbytrace processor).
+
+A trace is complete when its root span has arrived (OTLP exports a span when it ends, so an arrived
+root has ended) and no new span arrived for `wait_duration`, or when no span arrived for `max_idle`
+even without a root. At most `max_open_traces` are open; adding one more completes the oldest early
+(`evicted`). Flush completes them all.
+
+Only commit events feed it, and they carry only spans that were new to the store, so a redelivered
+span never reopens a trace. A span of a trace completed earlier (its id is among the
+`recent_completed` remembered) reopens it as *late*: at completion the whole trace is read back from
+the store and evaluated again.
+
+Memory: an open trace holds references to the commit-event tables its spans came in (not copies);
+rows are gathered when the trace completes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from halod.analysis.config import AssemblyConfig
+
+
+@dataclass
+class OpenTrace:
+    trace_id: str
+    first_arrival: float
+    last_arrival: float
+    first_seq: int
+    has_root: bool = False
+    late: bool = False  # completed before: re-read from the store when it completes again
+    recovered: bool = False  # rebuilt from the store at start: perhaps evaluated before the stop
+    spans: int = 0
+    parts: list[tuple[pa.Table, list[int]]] = field(default_factory=list)
+
+    def table(self) -> pa.Table:
+        """The rows that arrived while the trace was open."""
+        return pa.concat_tables([table.take(pa.array(rows, pa.int64())) for table, rows in self.parts])
+
+
+@dataclass
+class Completed:
+    trace: OpenTrace
+    reason: str  # root_quiet, idle, evicted, flush, recovered
+
+
+class Assembler:
+    """Open traces by id. ``add`` (per commit event) and ``due`` (per tick) run on one thread: the
+    event loop. See the module docstring for the rules."""
+
+    def __init__(self, config: AssemblyConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.open: OrderedDict[str, OpenTrace] = OrderedDict()  # by first arrival
+        self.recent: OrderedDict[str, None] = OrderedDict()  # completed trace ids, bounded
+        self.last_seq = 0
+        self.evicted: list[Completed] = []  # completed early on overflow, handed out by the next `due`
+
+    def add(self, table: pa.Table, ingest_seq: int) -> None:
+        now = self.clock()
+        self.last_seq = max(self.last_seq, ingest_seq)
+        trace_ids = table.column("trace_id").to_pylist()
+        parents = table.column("parent_span_id").to_pylist()
+        rows: dict[str, list[int]] = {}
+        for index, trace_id in enumerate(trace_ids):
+            rows.setdefault(trace_id, []).append(index)
+        for trace_id, indexes in rows.items():
+            trace = self.open.get(trace_id)
+            if trace is None:
+                trace = OpenTrace(trace_id, now, now, ingest_seq, late=trace_id in self.recent)
+                self.open[trace_id] = trace
+                if len(self.open) > self.config.max_open_traces:
+                    _, oldest = self.open.popitem(last=False)
+                    self._forget(oldest)
+                    self.evicted.append(Completed(oldest, "evicted"))
+            trace.last_arrival = now
+            trace.first_seq = min(trace.first_seq, ingest_seq)
+            trace.spans += len(indexes)
+            trace.has_root = trace.has_root or any(not parents[i] for i in indexes)
+            trace.parts.append((table, indexes))
+
+    def due(self) -> list[Completed]:
+        """Pop the traces complete by now (and those evicted since the last call)."""
+        now = self.clock()
+        done, self.evicted = self.evicted, []
+        wait, idle = self.config.wait_duration, self.config.max_idle
+        for trace_id in [t.trace_id for t in self.open.values()
+                         if (now - t.last_arrival >= wait and t.has_root) or now - t.last_arrival >= idle]:
+            trace = self.open.pop(trace_id)
+            self._forget(trace)
+            done.append(Completed(trace, "root_quiet" if trace.has_root else "idle"))
+        return done
+
+    def flush(self, reason: str = "flush") -> list[Completed]:
+        done, self.evicted = self.evicted, []
+        for trace in self.open.values():
+            self._forget(trace)
+            done.append(Completed(trace, reason))
+        self.open.clear()
+        return done
+
+    def cursor(self) -> int:
+        """The ingest_seq at or below which every span belongs to a trace already completed: where a
+        restart re-reads the store from (the spans of traces still open are all after it)."""
+        if not self.open:
+            return self.last_seq
+        return min(trace.first_seq for trace in self.open.values()) - 1
+
+    def _forget(self, trace: OpenTrace) -> None:
+        """Remember the id as completed (bounded), so a later span of it is known as late."""
+        if not self.config.recent_completed:
+            return
+        self.recent[trace.trace_id] = None
+        self.recent.move_to_end(trace.trace_id)
+        while len(self.recent) > self.config.recent_completed:
+            self.recent.popitem(last=False)

@@ -1,0 +1,286 @@
+"""The analysis stage: commit events -> assembled traces -> features + signals -> windows -> triggers.
+
+Lifecycle (like a component): ``start()`` recovers the traces that were open at the last stop from
+the store (every span after the persisted assembly cursor, and all spans of their traces), then
+subscribes to commit events and ticks every `assembly.tick`; ``shutdown()`` stops ticking. Open
+traces are not completed at shutdown: the next start recovers them, so nothing is lost or counted
+twice. ``flush()`` completes every open trace, closes every window and evaluates the triggers.
+
+Work per tick: the assembler hands out the complete traces; they are evaluated (features and every
+enabled detector) in a worker thread, and the results are written by the store's writer in one
+transaction with the new assembly cursor (`SpanStore.run_write`). Ticks and flushes never overlap.
+Nothing here is on the acknowledgement path: a commit event only appends references to the
+assembler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from halod.analysis.assembly import Assembler, Completed
+from halod.analysis.config import AnalysisConfig
+from halod.analysis.features import features
+from halod.analysis.metrics import AnalysisMetrics
+from halod.analysis.signals import DetectContext, Detector, Finding, build_detectors
+from halod.analysis.trace import TraceSpans
+from halod.analysis.triggers import Triggers, TripEvent
+from halod.analysis.windows import WindowClock, WindowStat, write_stats
+from halod.model import CommitEvent
+from halod.store import SpanStore
+from halod.telemetry import Telemetry
+
+CURSOR_KEY = "assembly.cursor"
+SPAN_COLUMNS_SQL = "* EXCLUDE (source, ingest_seq, ingested_ns)"
+
+TRACES_SCHEMA = pa.schema([
+    ("trace_id", pa.string()), ("services", pa.list_(pa.string())), ("agent_names", pa.list_(pa.string())),
+    ("session_id", pa.string()), ("root_name", pa.string()), ("has_root", pa.bool_()),
+    ("start_ns", pa.int64()), ("end_ns", pa.int64()), ("duration_ns", pa.int64()), ("span_count", pa.int64()),
+    ("kind_counts", pa.string()), ("llm_calls", pa.int64()), ("tool_calls", pa.int64()),
+    ("tool_errors", pa.int64()), ("error_spans", pa.int64()), ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()), ("total_tokens", pa.int64()), ("models", pa.list_(pa.string())),
+    ("tools", pa.list_(pa.string())), ("outcome", pa.string()), ("signals", pa.list_(pa.string())),
+    ("window_start_ns", pa.int64()), ("completed_ns", pa.int64()), ("completion", pa.string()),
+    ("evaluations", pa.int64()),
+])
+SIGNALS_SCHEMA = pa.schema([
+    ("trace_id", pa.string()), ("span_id", pa.string()), ("signal", pa.string()), ("severity", pa.string()),
+    ("tool", pa.string()), ("details", pa.string()), ("service", pa.string()), ("agent", pa.string()),
+    ("window_start_ns", pa.int64()), ("detected_ns", pa.int64()),
+])
+
+
+@dataclass
+class FlushResult:
+    traces_completed: int = 0
+    windows_closed: int = 0
+    trips: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Evaluated:
+    traces: list[dict[str, Any]]
+    signals: list[dict[str, Any]]
+    reevaluated: list[str]  # trace ids evaluated before: their old signal rows are replaced
+
+
+class AnalysisStage:
+    def __init__(self, config: AnalysisConfig, store: SpanStore, telemetry: Telemetry) -> None:
+        self.config = config
+        self.store = store
+        self.telemetry = telemetry
+        self.detectors: list[Detector] = build_detectors(config.signals)
+        self.context = DetectContext()
+        self.assembler = Assembler(config.assembly)
+        size_ns = int(config.windows.size * 1e9)
+        self.windows = WindowClock(size_ns, int(config.windows.allowed_lateness * 1e9), config.windows.idle_close)
+        self.metrics = AnalysisMetrics(telemetry.registry)
+        self.triggers = Triggers(config.triggers)
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[TripEvent], None]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self, host: Any = None) -> None:
+        cursor_text = await asyncio.to_thread(self.store.read, _state_reader(CURSOR_KEY))
+        cursor = int(cursor_text) if cursor_text else 0
+        recovered = await asyncio.to_thread(self.store.read, _recovery_reader(cursor))
+        if recovered.num_rows:
+            seqs = recovered.column("ingest_seq").to_pylist()
+            self.assembler.add(recovered.drop_columns(["source", "ingest_seq", "ingested_ns"]), min(seqs))
+            self.assembler.last_seq = max(seqs)
+            for trace in self.assembler.open.values():
+                # some may have been evaluated before the stop: re-read whole and replace their results
+                trace.recovered = True
+        else:
+            self.assembler.last_seq = cursor
+        self.triggers.load(await asyncio.to_thread(self.store.read, self.triggers.state_reader))
+        self.store.subscribe(self.on_commit)
+        self._task = asyncio.create_task(self._ticks(), name="halod-analysis")
+        self.telemetry.log.info("analysis started", cursor=cursor, recovered_spans=recovered.num_rows,
+                                recovered_traces=len(self.assembler.open),
+                                detectors=[d.name for d in self.detectors])
+
+    async def shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def subscribe(self, listener: Callable[[TripEvent], None]) -> None:
+        """`listener` gets every trigger trip (the analysis engine asks for an analysis of its window)."""
+        self._listeners.append(listener)
+
+    # -- feeding --------------------------------------------------------------------------------------
+
+    def on_commit(self, event: CommitEvent) -> None:
+        """Store commit listener (on the event loop; must not block): new spans join their traces."""
+        self.assembler.add(event.spans, event.ingest_seq)
+        self.metrics.open_traces.set(len(self.assembler.open))
+
+    async def _ticks(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.assembly.tick)
+            try:
+                async with self._lock:
+                    await self._complete(self.assembler.due())
+                    await self._close(self.windows.closing(time.monotonic()))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug or a store error must not stop analysis for good
+                self.telemetry.log.error("analysis tick failed", error=repr(exc))
+
+    async def flush(self) -> FlushResult:
+        """Complete every open trace, close every window, evaluate the triggers."""
+        async with self._lock:
+            completed = self.assembler.flush()
+            await self._complete(completed)
+            closed = self.windows.closing(time.monotonic(), everything=True)
+            trips = await self._close(closed)
+        return FlushResult(len(completed), len(closed), [trip.as_dict() for trip in trips])
+
+    # -- completing traces ----------------------------------------------------------------------------
+
+    async def _complete(self, completed: list[Completed]) -> None:
+        if not completed:
+            return
+        late = [c.trace.trace_id for c in completed if c.trace.late or c.trace.recovered]
+        stored = await asyncio.to_thread(self.store.read, _spans_reader(late)) if late else None
+        views = await asyncio.to_thread(self._evaluate, completed, stored)
+        cursor = self.assembler.cursor()
+        now = time.monotonic()
+        late_windows = set()
+        for row in views.traces:
+            if self.windows.observe(row["window_start_ns"], row["end_ns"], now):
+                late_windows.add(row["window_start_ns"])
+        excluded, size_ns = self.config.exclude_services, self.windows.size_ns
+        stats_now = time.time_ns()
+
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            if views.reevaluated:
+                con.register("reevaluated", pa.table({"trace_id": views.reevaluated}))
+                con.execute("DELETE FROM signals WHERE trace_id IN (SELECT trace_id FROM reevaluated)")
+                con.unregister("reevaluated")
+            traces = pa.Table.from_pylist(views.traces, TRACES_SCHEMA)
+            con.register("new_traces", traces)
+            con.execute("""INSERT OR REPLACE INTO traces SELECT n.* REPLACE (
+                               coalesce((SELECT t.evaluations FROM traces t WHERE t.trace_id = n.trace_id), 0) + 1
+                               AS evaluations) FROM new_traces n""")
+            con.unregister("new_traces")
+            if views.signals:
+                con.register("new_signals", pa.Table.from_pylist(views.signals, SIGNALS_SCHEMA))
+                con.execute("INSERT INTO signals SELECT * FROM new_signals")
+                con.unregister("new_signals")
+            for window in late_windows:  # a late trace updates the statistics of its closed window
+                write_stats(con, window, size_ns, excluded, True, stats_now)
+            con.execute("INSERT OR REPLACE INTO analysis_state VALUES (?, ?, ?)", [CURSOR_KEY, str(cursor), stats_now])
+
+        await self.store.run_write(write)
+        self.metrics.completed(completed, views.signals, late_count=len(late))
+        self.metrics.open_traces.set(len(self.assembler.open))
+
+    def _evaluate(self, completed: list[Completed], stored: pa.Table | None) -> _Evaluated:
+        """Features and detectors for each completed trace (worker thread; pure computation)."""
+        reread = {view.trace_id: view for view in TraceSpans.from_table(stored)} if stored is not None else {}
+        traces, signals, reevaluated = [], [], []
+        now_ns = time.time_ns()
+        size_ns = self.windows.size_ns
+        for item in completed:
+            trace_id = item.trace.trace_id
+            view = reread.get(trace_id)
+            if view is None:
+                view = TraceSpans.from_table(item.trace.table())[0]
+            else:
+                reevaluated.append(trace_id)
+            findings: list[Finding] = []
+            for detector in self.detectors:
+                try:
+                    findings += detector.detect(view, self.context)
+                except Exception as exc:  # one detector's bug costs its findings on this trace only
+                    self.telemetry.log.error("detector failed", detector=detector.name, trace_id=trace_id,
+                                             error=repr(exc))
+            completion = "recovered" if item.trace.recovered else "late" if item.trace.late else item.reason
+            row = features(view, size_ns, [f.signal for f in findings], completion, now_ns)
+            row["evaluations"] = 0
+            traces.append(row)
+            for finding in findings:
+                span = view.by_id.get(finding.span_id) if finding.span_id else view.root
+                services: list[str | None] = [*view.services, None]
+                agents: list[str | None] = [*row["agent_names"], None]
+                signals.append({
+                    "trace_id": trace_id, "span_id": finding.span_id, "signal": finding.signal,
+                    "severity": finding.severity, "tool": finding.tool,
+                    "details": orjson.dumps(finding.details, default=str).decode(),
+                    "service": (span.service_name if span is not None else None) or services[0],
+                    "agent": (span.agent_name if span is not None else None) or agents[0],
+                    "window_start_ns": row["window_start_ns"], "detected_ns": now_ns,
+                })
+        return _Evaluated(traces, signals, reevaluated)
+
+    # -- windows and triggers -------------------------------------------------------------------------
+
+    async def _close(self, windows: list[int]) -> list[TripEvent]:
+        trips: list[TripEvent] = []
+        if not windows:
+            return trips
+        excluded, size_ns = self.config.exclude_services, self.windows.size_ns
+        for window in windows:
+            now_ns = time.time_ns()
+
+            def close(con: duckdb.DuckDBPyConnection, window: int = window,
+                      now_ns: int = now_ns) -> tuple[list[WindowStat], list[TripEvent]]:
+                stats = write_stats(con, window, size_ns, excluded, True, now_ns)
+                return stats, self.triggers.evaluate(con, window, size_ns, stats, excluded, now_ns)
+
+            stats, window_trips = await self.store.run_write(close)
+            self.metrics.window_closed(stats)
+            for trip in window_trips:
+                self.metrics.tripped(trip.rule)
+                self.telemetry.log.warning("trigger tripped", **trip.as_dict())
+                for listener in self._listeners:
+                    try:
+                        listener(trip)
+                    except Exception as exc:
+                        self.telemetry.log.error("trip listener failed", error=repr(exc))
+            trips += window_trips
+        return trips
+
+
+# -- reads (worker threads, own cursors) ---------------------------------------------------------------
+
+
+def _state_reader(key: str) -> Callable[[duckdb.DuckDBPyConnection], str | None]:
+    def read(con: duckdb.DuckDBPyConnection) -> str | None:
+        rows = con.execute("SELECT value FROM analysis_state WHERE key = ?", [key]).fetchall()
+        return str(rows[0][0]) if rows else None
+    return read
+
+
+def _recovery_reader(cursor: int) -> Callable[[duckdb.DuckDBPyConnection], pa.Table]:
+    """Every span of every trace that has a span after `cursor` (the traces open at the last stop)."""
+    def read(con: duckdb.DuckDBPyConnection) -> pa.Table:
+        sql = "SELECT * FROM spans WHERE trace_id IN (SELECT DISTINCT trace_id FROM spans WHERE ingest_seq > ?)"
+        return con.sql(sql, params=[cursor]).to_arrow_table()
+    return read
+
+
+def _spans_reader(trace_ids: list[str]) -> Callable[[duckdb.DuckDBPyConnection], pa.Table]:
+    def read(con: duckdb.DuckDBPyConnection) -> pa.Table:
+        con.register("wanted", pa.table({"trace_id": trace_ids}))
+        try:
+            sql = f"SELECT {SPAN_COLUMNS_SQL} FROM spans SEMI JOIN wanted USING (trace_id)"
+            return con.sql(sql).to_arrow_table()
+        finally:
+            con.unregister("wanted")
+    return read
