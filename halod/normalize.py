@@ -227,8 +227,9 @@ def normalize_request(request: ExportTraceServiceRequest, source: str) -> SpanBa
                 for keys, values, is_token in semantic_plan:
                     value = None
                     for key in keys:
-                        value = get(key)
-                        if value is not None and value != "":
+                        candidate = get(key)
+                        if candidate is not None and candidate != "":  # an empty string counts as absent
+                            value = candidate
                             break
                     if is_token:
                         values.append(_integer(value))

@@ -242,8 +242,9 @@ def test_error_status_is_kept() -> None:
 
 
 def first_present(attributes: dict[str, Any], *keys: str) -> Any:
+    """The first value that is there and not empty (docs/semconv.md: an empty string counts as absent)."""
     for key in keys:
-        if attributes.get(key) is not None:
+        if attributes.get(key) not in (None, ""):
             return attributes[key]
     return None
 

@@ -61,7 +61,7 @@ class AnalysisConfig(StrictModel):
     windows: WindowsConfig = Field(default_factory=WindowsConfig)
     signals: dict[str, Any] = Field(
         default_factory=dict,
-        description="Per-detector settings by signal name (docs/signals.md), e.g. `tool_loop: {min_repeats: 5}` "
+        description="Per-detector settings by signal name (docs/signals.md), e.g. `tool_loop: {min_consecutive: 5}` "
         "or `refusal: {enabled: false}`.",
     )
     triggers: list[TriggerRule] = Field(

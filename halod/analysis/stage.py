@@ -80,6 +80,12 @@ class AnalysisStage:
         self.telemetry = telemetry
         self.detectors: list[Detector] = build_detectors(config.signals)
         self.context = DetectContext()
+        # Detectors that learn from the traces they see (outliers) get trailing statistics, kept in
+        # memory: after a restart they need `min_samples` traces again before they fire.
+        self.learners = [d for d in self.detectors if hasattr(d, "new_stats")]
+        self.trailing = self.learners[0].new_stats() if self.learners else None
+        if self.trailing is not None:
+            self.context.baselines = self.trailing.baselines
         self.assembler = Assembler(config.assembly)
         size_ns = int(config.windows.size * 1e9)
         self.windows = WindowClock(size_ns, int(config.windows.allowed_lateness * 1e9), config.windows.idle_close)
@@ -210,6 +216,11 @@ class AnalysisStage:
                 except Exception as exc:  # one detector's bug costs its findings on this trace only
                     self.telemetry.log.error("detector failed", detector=detector.name, trace_id=trace_id,
                                              error=repr(exc))
+            if self.trailing is not None and view is not reread.get(trace_id):
+                # after detection (a trace is compared with the others, not itself), and once per trace
+                for learner in self.learners:
+                    for key, value in learner.observations(view):  # type: ignore[attr-defined]
+                        self.trailing.add(key, value)
             completion = "recovered" if item.trace.recovered else "late" if item.trace.late else item.reason
             row = features(view, size_ns, [f.signal for f in findings], completion, now_ns)
             row["evaluations"] = 0

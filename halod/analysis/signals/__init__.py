@@ -15,7 +15,10 @@ from pydantic import ValidationError
 
 from halod.analysis.signals.base import DetectContext, Detector, Finding
 
-DETECTOR_MODULES: tuple[str, ...] = ()
+DETECTOR_MODULES: tuple[str, ...] = (
+    "tool_error", "unknown_tool", "invalid_tool_args", "repeated_tool_call", "tool_loop", "text_tool_call",
+    "refusal", "llm_error", "step_limit", "no_final_answer", "escalation", "failed_outcome", "outliers",
+)
 
 
 def modules() -> dict[str, ModuleType]:

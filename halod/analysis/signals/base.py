@@ -17,12 +17,41 @@ deterministic.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import AfterValidator
 
 from halod.analysis.trace import SpanView, TraceSpans
 
 Severity = Literal["info", "warning", "error"]
+
+
+def check_patterns(patterns: Iterable[str]) -> None:
+    """Every regular expression must compile; the error names the bad one (config validation)."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+
+
+def _checked_list(patterns: list[str]) -> list[str]:
+    check_patterns(patterns)
+    return patterns
+
+
+def _checked_map(patterns: dict[str, str]) -> dict[str, str]:
+    check_patterns(patterns.values())
+    return patterns
+
+
+# Config field types of detectors' regular expressions: a list, or a map of named patterns (the
+# names say in a finding's details which one matched).
+Patterns = Annotated[list[str], AfterValidator(_checked_list)]
+NamedPatterns = Annotated[dict[str, str], AfterValidator(_checked_map)]
 
 
 @dataclass(frozen=True, slots=True)
