@@ -51,7 +51,7 @@ def test_a_trace_completes_wait_duration_after_its_last_span_once_the_root_is_in
     clock.now += 0.2
     [done] = asm.due()
     assert (done.trace.trace_id, done.reason, done.trace.spans) == ("t1", "root_quiet", 3)
-    assert sorted(done.trace.table().column("span_id").to_pylist()) == ["c1", "c2", "r1"]
+    assert (done.trace.first_seq, done.trace.last_seq) == (1, 2)  # where the stage reads its spans back
 
 
 def test_a_trace_without_root_completes_after_max_idle() -> None:

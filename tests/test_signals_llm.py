@@ -90,7 +90,7 @@ def run_index(t: TraceSpans) -> int:
 
 def real_row(t: TraceSpans, kind: str) -> dict[str, Any]:
     """A copy of the row of the first span of `kind` in a real trace (to derive error cases from)."""
-    return dict(next(s for s in t if s.semantic_kind == kind)._row)
+    return dict(next(s for s in t if s.semantic_kind == kind).row)
 
 
 DATASETS = [("airline", AIRLINE, airline), ("retail", RETAIL, retail)]

@@ -479,7 +479,7 @@ def test_invalid_tool_args_on_a_real_call_with_broken_arguments() -> None:
     arguments["cabin"] = "first"
     arguments["flights"][0].pop("date")
     arguments["note"] = "asap"
-    broken = SpanView({**original._row, "tool_arguments": json.dumps(arguments),
+    broken = SpanView({**original.row, "tool_arguments": json.dumps(arguments),
                        "span_id": "b" * 16, "attributes": orjson.dumps({
                            **original.attrs, "tool.parameters": json.dumps(arguments)}).decode()})
     edited = TraceSpans(source.trace_id, [s for s in source.spans if s is not original] + [broken])
@@ -793,7 +793,7 @@ def test_text_tool_call_on_real_spans_with_the_calls_stripped() -> None:
     for s in source.spans:
         if s.semantic_kind == "LLM" and unknown_tool.requested_calls(s):
             attrs = {k: v for k, v in s.attrs.items() if ".tool_calls." not in k}
-            stripped.append(SpanView({**s._row, "attributes": orjson.dumps(attrs).decode()}))
+            stripped.append(SpanView({**s.row, "attributes": orjson.dumps(attrs).decode()}))
     expected = [json.loads(s.output_text)[0]["function"]["name"] for s in stripped]
     findings = run(text_tool_call, TraceSpans(source.trace_id, stripped))
     assert [f.tool for f in findings] == expected and len(findings) >= 3

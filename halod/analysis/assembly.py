@@ -7,11 +7,11 @@ even without a root. At most `max_open_traces` are open; adding one more complet
 
 Only commit events feed it, and they carry only spans that were new to the store, so a redelivered
 span never reopens a trace. A span of a trace completed earlier (its id is among the
-`recent_completed` remembered) reopens it as *late*: at completion the whole trace is read back from
-the store and evaluated again.
+`recent_completed` remembered) reopens it as *late*: the whole trace is evaluated again.
 
-Memory: an open trace holds references to the commit-event tables its spans came in (not copies);
-rows are gathered when the trace completes.
+Memory: an open trace is a few numbers (arrival times, the range of `ingest_seq` its spans came in,
+whether its root arrived); its spans stay in the store, which the stage reads them back from when
+the trace completes (the `ingest_seq` range keeps that read to the recent row groups).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -32,15 +32,11 @@ class OpenTrace:
     first_arrival: float
     last_arrival: float
     first_seq: int
+    last_seq: int
     has_root: bool = False
-    late: bool = False  # completed before: re-read from the store when it completes again
+    late: bool = False  # completed before: its earlier spans are outside [first_seq, last_seq]
     recovered: bool = False  # rebuilt from the store at start: perhaps evaluated before the stop
     spans: int = 0
-    parts: list[tuple[pa.Table, list[int]]] = field(default_factory=list)
-
-    def table(self) -> pa.Table:
-        """The rows that arrived while the trace was open."""
-        return pa.concat_tables([table.take(pa.array(rows, pa.int64())) for table, rows in self.parts])
 
 
 @dataclass
@@ -72,7 +68,7 @@ class Assembler:
         for trace_id, indexes in rows.items():
             trace = self.open.get(trace_id)
             if trace is None:
-                trace = OpenTrace(trace_id, now, now, ingest_seq, late=trace_id in self.recent)
+                trace = OpenTrace(trace_id, now, now, ingest_seq, ingest_seq, late=trace_id in self.recent)
                 self.open[trace_id] = trace
                 if len(self.open) > self.config.max_open_traces:
                     _, oldest = self.open.popitem(last=False)
@@ -80,9 +76,18 @@ class Assembler:
                     self.evicted.append(Completed(oldest, "evicted"))
             trace.last_arrival = now
             trace.first_seq = min(trace.first_seq, ingest_seq)
+            trace.last_seq = max(trace.last_seq, ingest_seq)
             trace.spans += len(indexes)
             trace.has_root = trace.has_root or any(not parents[i] for i in indexes)
-            trace.parts.append((table, indexes))
+
+    def recover(self, traces: list[tuple[str, int, int, bool, int]]) -> None:
+        """Reopen traces found in the store at start: (trace id, first seq, last seq, has root, spans).
+        They are marked `recovered`: some may have been evaluated before the stop."""
+        now = self.clock()
+        for trace_id, first_seq, last_seq, has_root, spans in traces:
+            self.open[trace_id] = OpenTrace(trace_id, now, now, first_seq, last_seq, has_root, recovered=True,
+                                            spans=spans)
+            self.last_seq = max(self.last_seq, last_seq)
 
     def due(self) -> list[Completed]:
         """Pop the traces complete by now (and those evicted since the last call)."""

@@ -15,8 +15,10 @@ OUTCOME_KEYS = ("reward", "success", "agent.outcome", "outcome", "score", "passe
 
 
 def outcome_of(trace: TraceSpans) -> dict[str, Any]:
-    """Outcome fields the trace carries (root first, then any span), e.g. {"reward": 0.0, "success": false}."""
-    spans = ([trace.root] if trace.root is not None else []) + [s for s in trace.spans if s is not trace.root]
+    """Outcome fields the trace carries (root first, then AGENT and EVALUATOR spans, where frameworks and
+    importers put them), e.g. {"reward": 0.0, "success": false}."""
+    spans = ([trace.root] if trace.root is not None else []) + [
+        s for s in trace.spans if s is not trace.root and s.semantic_kind in ("AGENT", "EVALUATOR")]
     found: dict[str, Any] = {}
     for span in spans:
         for key, value in span.attrs.items():

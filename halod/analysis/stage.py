@@ -101,20 +101,12 @@ class AnalysisStage:
         cursor_text = await asyncio.to_thread(self.store.read, _state_reader(CURSOR_KEY))
         cursor = int(cursor_text) if cursor_text else 0
         recovered = await asyncio.to_thread(self.store.read, _recovery_reader(cursor))
-        if recovered.num_rows:
-            seqs = recovered.column("ingest_seq").to_pylist()
-            self.assembler.add(recovered.drop_columns(["source", "ingest_seq", "ingested_ns"]), min(seqs))
-            self.assembler.last_seq = max(seqs)
-            for trace in self.assembler.open.values():
-                # some may have been evaluated before the stop: re-read whole and replace their results
-                trace.recovered = True
-        else:
-            self.assembler.last_seq = cursor
+        self.assembler.last_seq = cursor
+        self.assembler.recover(recovered)
         self.triggers.load(await asyncio.to_thread(self.store.read, self.triggers.state_reader))
         self.store.subscribe(self.on_commit)
         self._task = asyncio.create_task(self._ticks(), name="halod-analysis")
-        self.telemetry.log.info("analysis started", cursor=cursor, recovered_spans=recovered.num_rows,
-                                recovered_traces=len(self.assembler.open),
+        self.telemetry.log.info("analysis started", cursor=cursor, recovered_traces=len(recovered),
                                 detectors=[d.name for d in self.detectors])
 
     async def shutdown(self) -> None:
@@ -161,9 +153,7 @@ class AnalysisStage:
     async def _complete(self, completed: list[Completed]) -> None:
         if not completed:
             return
-        late = [c.trace.trace_id for c in completed if c.trace.late or c.trace.recovered]
-        stored = await asyncio.to_thread(self.store.read, _spans_reader(late)) if late else None
-        views = await asyncio.to_thread(self._evaluate, completed, stored)
+        views = await asyncio.to_thread(self._evaluate_from_store, completed)
         cursor = self.assembler.cursor()
         now = time.monotonic()
         late_windows = set()
@@ -178,12 +168,18 @@ class AnalysisStage:
                 con.register("reevaluated", pa.table({"trace_id": views.reevaluated}))
                 con.execute("DELETE FROM signals WHERE trace_id IN (SELECT trace_id FROM reevaluated)")
                 con.unregister("reevaluated")
-            traces = pa.Table.from_pylist(views.traces, TRACES_SCHEMA)
-            con.register("new_traces", traces)
-            con.execute("""INSERT OR REPLACE INTO traces SELECT n.* REPLACE (
-                               coalesce((SELECT t.evaluations FROM traces t WHERE t.trace_id = n.trace_id), 0) + 1
-                               AS evaluations) FROM new_traces n""")
-            con.unregister("new_traces")
+            again = set(views.reevaluated)
+            for rows, count_evaluations in (([r for r in views.traces if r["trace_id"] not in again], False),
+                                            ([r for r in views.traces if r["trace_id"] in again], True)):
+                if not rows:
+                    continue
+                con.register("new_traces", pa.Table.from_pylist(rows, TRACES_SCHEMA))
+                # Counting evaluations needs a lookup per row: only for traces known to be evaluated before.
+                evaluations = ("coalesce((SELECT t.evaluations FROM traces t WHERE t.trace_id = n.trace_id), 0) + 1"
+                               if count_evaluations else "1")
+                con.execute(f"INSERT OR REPLACE INTO traces SELECT n.* REPLACE ({evaluations} AS evaluations) "
+                            "FROM new_traces n")
+                con.unregister("new_traces")
             if views.signals:
                 con.register("new_signals", pa.Table.from_pylist(views.signals, SIGNALS_SCHEMA))
                 con.execute("INSERT INTO signals SELECT * FROM new_signals")
@@ -193,21 +189,37 @@ class AnalysisStage:
             con.execute("INSERT OR REPLACE INTO analysis_state VALUES (?, ?, ?)", [CURSOR_KEY, str(cursor), stats_now])
 
         await self.store.run_write(write)
-        self.metrics.completed(completed, views.signals, late_count=len(late))
+        self.metrics.completed(completed, views.signals, late_count=len(views.reevaluated))
         self.metrics.open_traces.set(len(self.assembler.open))
 
-    def _evaluate(self, completed: list[Completed], stored: pa.Table | None) -> _Evaluated:
-        """Features and detectors for each completed trace (worker thread; pure computation)."""
-        reread = {view.trace_id: view for view in TraceSpans.from_table(stored)} if stored is not None else {}
+    def _evaluate_from_store(self, completed: list[Completed]) -> _Evaluated:
+        """Read the completed traces' spans back and evaluate them (worker thread). Traces seen whole
+        for the first time are read within their `ingest_seq` range (recent row groups only); late and
+        recovered ones, whose earlier spans can be anywhere, without it."""
+        fresh = [c.trace for c in completed if not (c.trace.late or c.trace.recovered)]
+        again = [c.trace for c in completed if c.trace.late or c.trace.recovered]
+        views: dict[str, TraceSpans] = {}
+        if fresh:
+            bounds = (min(t.first_seq for t in fresh), max(t.last_seq for t in fresh))
+            table = self.store.read(_spans_reader([t.trace_id for t in fresh], bounds))
+            views.update((view.trace_id, view) for view in TraceSpans.from_table(table))
+        if again:
+            table = self.store.read(_spans_reader([t.trace_id for t in again], None))
+            views.update((view.trace_id, view) for view in TraceSpans.from_table(table))
+        return self._evaluate(completed, views)
+
+    def _evaluate(self, completed: list[Completed], views: dict[str, TraceSpans]) -> _Evaluated:
+        """Features and detectors for each completed trace (pure computation)."""
         traces, signals, reevaluated = [], [], []
         now_ns = time.time_ns()
         size_ns = self.windows.size_ns
         for item in completed:
             trace_id = item.trace.trace_id
-            view = reread.get(trace_id)
-            if view is None:
-                view = TraceSpans.from_table(item.trace.table())[0]
-            else:
+            view = views.get(trace_id)
+            if view is None:  # its spans are gone (retention dropped them meanwhile): nothing to evaluate
+                continue
+            again = item.trace.late or item.trace.recovered
+            if again:
                 reevaluated.append(trace_id)
             findings: list[Finding] = []
             for detector in self.detectors:
@@ -216,7 +228,7 @@ class AnalysisStage:
                 except Exception as exc:  # one detector's bug costs its findings on this trace only
                     self.telemetry.log.error("detector failed", detector=detector.name, trace_id=trace_id,
                                              error=repr(exc))
-            if self.trailing is not None and view is not reread.get(trace_id):
+            if self.trailing is not None and not again:
                 # after detection (a trace is compared with the others, not itself), and once per trace
                 for learner in self.learners:
                     for key, value in learner.observations(view):  # type: ignore[attr-defined]
@@ -278,20 +290,24 @@ def _state_reader(key: str) -> Callable[[duckdb.DuckDBPyConnection], str | None]
     return read
 
 
-def _recovery_reader(cursor: int) -> Callable[[duckdb.DuckDBPyConnection], pa.Table]:
-    """Every span of every trace that has a span after `cursor` (the traces open at the last stop)."""
-    def read(con: duckdb.DuckDBPyConnection) -> pa.Table:
-        sql = "SELECT * FROM spans WHERE trace_id IN (SELECT DISTINCT trace_id FROM spans WHERE ingest_seq > ?)"
-        return con.sql(sql, params=[cursor]).to_arrow_table()
+def _recovery_reader(cursor: int) -> Callable[[duckdb.DuckDBPyConnection], list[tuple[str, int, int, bool, int]]]:
+    """The traces with a span after `cursor` (open at the last stop): id, seq range, root, span count."""
+    def read(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int, int, bool, int]]:
+        return con.execute(
+            "SELECT trace_id, min(ingest_seq), max(ingest_seq), bool_or(parent_span_id IS NULL), count(*) "
+            "FROM spans WHERE trace_id IN (SELECT DISTINCT trace_id FROM spans WHERE ingest_seq > ?) "
+            "GROUP BY trace_id ORDER BY min(ingest_seq)", [cursor]).fetchall()
     return read
 
 
-def _spans_reader(trace_ids: list[str]) -> Callable[[duckdb.DuckDBPyConnection], pa.Table]:
+def _spans_reader(trace_ids: list[str], seq_bounds: tuple[int, int] | None
+                  ) -> Callable[[duckdb.DuckDBPyConnection], pa.Table]:
     def read(con: duckdb.DuckDBPyConnection) -> pa.Table:
         con.register("wanted", pa.table({"trace_id": trace_ids}))
         try:
-            sql = f"SELECT {SPAN_COLUMNS_SQL} FROM spans SEMI JOIN wanted USING (trace_id)"
-            return con.sql(sql).to_arrow_table()
+            where = "WHERE ingest_seq BETWEEN ? AND ?" if seq_bounds else ""
+            sql = f"SELECT {SPAN_COLUMNS_SQL} FROM spans SEMI JOIN wanted USING (trace_id) {where}"
+            return con.sql(sql, params=list(seq_bounds) if seq_bounds else None).to_arrow_table()
         finally:
             con.unregister("wanted")
     return read
