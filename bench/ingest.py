@@ -282,12 +282,14 @@ def free_port() -> int:
 class Halod:
     workdir: Path
     prefix: list[str]
+    analysis: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
         self.grpc_port, self.admin_port = free_port(), free_port()
         self.config = {
             "storage": {"path": str(self.workdir / "data" / "halod.duckdb")},
+            "analysis": {"enabled": self.analysis},
             "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{self.grpc_port}"}}}},
             "service": {
                 "pipelines": {"traces": {"receivers": ["otlp"]}},
@@ -321,6 +323,13 @@ class Halod:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metric_total(self, name: str) -> float:
+        """Sum of a metric's samples on /metrics (every label set)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
 
     @property
     def pid(self) -> int:
@@ -470,7 +479,7 @@ def normalize_only(pool: RequestPool, rounds: int) -> dict[str, Any]:
 def run(args: argparse.Namespace, pool: RequestPool) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="halod-bench-", dir=args.storage_dir))
     prefix = args.halod_prefix.split() if args.halod_prefix else []
-    halod = Halod(workdir, prefix)
+    halod = Halod(workdir, prefix, analysis=args.analysis)
     try:
         halod.start()
         target = f"127.0.0.1:{halod.grpc_port}"
@@ -483,8 +492,13 @@ def run(args: argparse.Namespace, pool: RequestPool) -> dict[str, Any]:
         def sample_cpu() -> None:
             time.sleep(max(0.0, measure_from - time.monotonic()))
             samples["from"], samples["machine_from"] = halod.cpu_seconds(), machine_busy_seconds()
+            if args.analysis:
+                samples["traces_from"] = halod.metric_total("halod_traces_completed_total")
             time.sleep(max(0.0, measure_to - time.monotonic()))
             samples["to"], samples["machine_to"] = halod.cpu_seconds(), machine_busy_seconds()
+            if args.analysis:
+                samples["traces_to"] = halod.metric_total("halod_traces_completed_total")
+                samples["open_traces"] = halod.metric_total("halod_open_traces")
 
         sampler = threading.Thread(target=sample_cpu, daemon=True)
         sampler.start()
@@ -547,6 +561,10 @@ def run(args: argparse.Namespace, pool: RequestPool) -> dict[str, Any]:
         "stored_equals_acked": stored == acked_total,
         "halod_exit_code": exit_code,
         "halod_stop_s": round(stop_s, 2),
+        "analysis": args.analysis,
+        "traces_completed_per_s": round((samples.get("traces_to", 0.0) - samples.get("traces_from", 0.0))
+                                        / args.duration, 1),
+        "open_traces_at_end": samples.get("open_traces"),
     }
 
 
@@ -568,6 +586,9 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"  halod peak RSS          {r['halod_peak_rss_mib']} MiB (VmHWM; {r['halod_rss_at_end_mib']} MiB at end)")
     print(f"  CPU ({r['nproc']} cores)            halod {r['halod_cpu_cores']}, clients {r['client_cpu_cores']}, "
           f"other processes {r['other_cpu_cores']} (cores busy, measured window)")
+    if r["analysis"]:
+        print(f"  analysis (all detectors) {r['traces_completed_per_s']:>9,} traces/s completed and evaluated, "
+              f"{r['open_traces_at_end']:,.0f} open at the end of the window")
     if r["failed_requests"]:
         print(f"  failed requests         {r['failed_requests']}")
     check = "OK" if r["stored_equals_acked"] else "MISMATCH"
@@ -575,7 +596,7 @@ def print_report(result: dict[str, Any]) -> None:
           f" (halod exit {r['halod_exit_code']}, drain+stop {r['halod_stop_s']} s)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds (default 20)")
@@ -591,9 +612,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="passes over the pool for --normalize-only")
     parser.add_argument("--storage-dir", default=None, help="parent of the temporary workdir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir (config, log, database)")
+    parser.add_argument("--analysis", action="store_true",
+                        help="run the post-commit analysis too (assembly, all detectors, windows, triggers); off by "
+                        "default: this benchmark measures the ingest spine")
     parser.add_argument("--halod-prefix", default="",
                         help='command to wrap halod in, e.g. "py-spy record -o prof.svg --" (profiling)')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     built = time.perf_counter()
     pool = RequestPool(args.pool, args.spans_per_request)
