@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -57,6 +57,11 @@ class WindowsConfig(StrictModel):
 
 class AnalysisConfig(StrictModel):
     enabled: bool = Field(default=True, description="Run trace assembly, signals, windows and triggers.")
+    evaluator: Literal["process", "thread"] = Field(
+        default="process",
+        description="Where detectors run: a worker process (default: off the daemon's GIL, so ingestion keeps "
+        "its pace) or a thread of the daemon (no extra process).",
+    )
     assembly: AssemblyConfig = Field(default_factory=AssemblyConfig)
     windows: WindowsConfig = Field(default_factory=WindowsConfig)
     signals: dict[str, Any] = Field(

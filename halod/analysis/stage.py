@@ -17,21 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
-import orjson
 import pyarrow as pa
 
 from halod.analysis.assembly import Assembler, Completed
 from halod.analysis.config import AnalysisConfig
-from halod.analysis.features import features
+from halod.analysis.evaluator import Evaluated, Evaluator, Item, evaluate_ipc, init_worker, to_ipc
 from halod.analysis.metrics import AnalysisMetrics
-from halod.analysis.signals import DetectContext, Detector, Finding, build_detectors
-from halod.analysis.trace import TraceSpans
+from halod.analysis.signals import build_detectors
 from halod.analysis.triggers import Triggers, TripEvent
 from halod.analysis.windows import WindowClock, WindowStat, write_stats
 from halod.model import CommitEvent
@@ -39,6 +39,7 @@ from halod.store import SpanStore
 from halod.telemetry import Telemetry
 
 CURSOR_KEY = "assembly.cursor"
+EVALUATION_BATCH = 2000  # traces read back, evaluated and written together
 SPAN_COLUMNS_SQL = "* EXCLUDE (source, ingest_seq, ingested_ns)"
 
 TRACES_SCHEMA = pa.schema([
@@ -66,26 +67,14 @@ class FlushResult:
     trips: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass
-class _Evaluated:
-    traces: list[dict[str, Any]]
-    signals: list[dict[str, Any]]
-    reevaluated: list[str]  # trace ids evaluated before: their old signal rows are replaced
-
-
 class AnalysisStage:
     def __init__(self, config: AnalysisConfig, store: SpanStore, telemetry: Telemetry) -> None:
         self.config = config
         self.store = store
         self.telemetry = telemetry
-        self.detectors: list[Detector] = build_detectors(config.signals)
-        self.context = DetectContext()
-        # Detectors that learn from the traces they see (outliers) get trailing statistics, kept in
-        # memory: after a restart they need `min_samples` traces again before they fire.
-        self.learners = [d for d in self.detectors if hasattr(d, "new_stats")]
-        self.trailing = self.learners[0].new_stats() if self.learners else None
-        if self.trailing is not None:
-            self.context.baselines = self.trailing.baselines
+        self.detector_names = [d.name for d in build_detectors(config.signals)]  # validates the settings now
+        self._evaluator = Evaluator(config) if config.evaluator == "thread" else None
+        self._pool: ProcessPoolExecutor | None = None
         self.assembler = Assembler(config.assembly)
         size_ns = int(config.windows.size * 1e9)
         self.windows = WindowClock(size_ns, int(config.windows.allowed_lateness * 1e9), config.windows.idle_close)
@@ -104,10 +93,14 @@ class AnalysisStage:
         self.assembler.last_seq = cursor
         self.assembler.recover(recovered)
         self.triggers.load(await asyncio.to_thread(self.store.read, self.triggers.state_reader))
+        if self.config.evaluator == "process":
+            # spawn, not fork: the daemon has threads (gRPC, the store writer) a fork would copy mid-state
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=init_worker, initargs=(self.config.model_dump_json(),))
         self.store.subscribe(self.on_commit)
         self._task = asyncio.create_task(self._ticks(), name="halod-analysis")
         self.telemetry.log.info("analysis started", cursor=cursor, recovered_traces=len(recovered),
-                                detectors=[d.name for d in self.detectors])
+                                detectors=self.detector_names, evaluator=self.config.evaluator)
 
     async def shutdown(self) -> None:
         if self._task is not None:
@@ -115,6 +108,9 @@ class AnalysisStage:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+            self._pool = None
 
     def subscribe(self, listener: Callable[[TripEvent], None]) -> None:
         """`listener` gets every trigger trip (the analysis engine asks for an analysis of its window)."""
@@ -151,10 +147,15 @@ class AnalysisStage:
     # -- completing traces ----------------------------------------------------------------------------
 
     async def _complete(self, completed: list[Completed]) -> None:
-        if not completed:
-            return
-        views = await asyncio.to_thread(self._evaluate_from_store, completed)
-        cursor = self.assembler.cursor()
+        """Evaluate and store the completed traces, `EVALUATION_BATCH` at a time (bounded memory). The
+        cursor stored with a batch stays below the spans of the batches not yet stored."""
+        for start in range(0, len(completed), EVALUATION_BATCH):
+            rest = completed[start + EVALUATION_BATCH:]
+            cursor = min([self.assembler.cursor(), *(c.trace.first_seq - 1 for c in rest)])
+            await self._complete_batch(completed[start:start + EVALUATION_BATCH], cursor)
+
+    async def _complete_batch(self, completed: list[Completed], cursor: int) -> None:
+        views = await self._evaluate(completed)
         now = time.monotonic()
         late_windows = set()
         for row in views.traces:
@@ -192,64 +193,34 @@ class AnalysisStage:
         self.metrics.completed(completed, views.signals, late_count=len(views.reevaluated))
         self.metrics.open_traces.set(len(self.assembler.open))
 
-    def _evaluate_from_store(self, completed: list[Completed]) -> _Evaluated:
-        """Read the completed traces' spans back and evaluate them (worker thread). Traces seen whole
-        for the first time are read within their `ingest_seq` range (recent row groups only); late and
-        recovered ones, whose earlier spans can be anywhere, without it."""
+    def _read_back(self, completed: list[Completed]) -> pa.Table:
+        """The completed traces' spans (worker thread). Traces seen whole for the first time are read
+        within their `ingest_seq` range (recent row groups only); late and recovered ones, whose
+        earlier spans can be anywhere, without it."""
         fresh = [c.trace for c in completed if not (c.trace.late or c.trace.recovered)]
         again = [c.trace for c in completed if c.trace.late or c.trace.recovered]
-        views: dict[str, TraceSpans] = {}
+        tables = []
         if fresh:
             bounds = (min(t.first_seq for t in fresh), max(t.last_seq for t in fresh))
-            table = self.store.read(_spans_reader([t.trace_id for t in fresh], bounds))
-            views.update((view.trace_id, view) for view in TraceSpans.from_table(table))
+            tables.append(self.store.read(_spans_reader([t.trace_id for t in fresh], bounds)))
         if again:
-            table = self.store.read(_spans_reader([t.trace_id for t in again], None))
-            views.update((view.trace_id, view) for view in TraceSpans.from_table(table))
-        return self._evaluate(completed, views)
+            tables.append(self.store.read(_spans_reader([t.trace_id for t in again], None)))
+        return pa.concat_tables(tables)
 
-    def _evaluate(self, completed: list[Completed], views: dict[str, TraceSpans]) -> _Evaluated:
-        """Features and detectors for each completed trace (pure computation)."""
-        traces, signals, reevaluated = [], [], []
-        now_ns = time.time_ns()
-        size_ns = self.windows.size_ns
-        for item in completed:
-            trace_id = item.trace.trace_id
-            view = views.get(trace_id)
-            if view is None:  # its spans are gone (retention dropped them meanwhile): nothing to evaluate
-                continue
-            again = item.trace.late or item.trace.recovered
-            if again:
-                reevaluated.append(trace_id)
-            findings: list[Finding] = []
-            for detector in self.detectors:
-                try:
-                    findings += detector.detect(view, self.context)
-                except Exception as exc:  # one detector's bug costs its findings on this trace only
-                    self.telemetry.log.error("detector failed", detector=detector.name, trace_id=trace_id,
-                                             error=repr(exc))
-            if self.trailing is not None and not again:
-                # after detection (a trace is compared with the others, not itself), and once per trace
-                for learner in self.learners:
-                    for key, value in learner.observations(view):  # type: ignore[attr-defined]
-                        self.trailing.add(key, value)
-            completion = "recovered" if item.trace.recovered else "late" if item.trace.late else item.reason
-            row = features(view, size_ns, [f.signal for f in findings], completion, now_ns)
-            row["evaluations"] = 0
-            traces.append(row)
-            for finding in findings:
-                span = view.by_id.get(finding.span_id) if finding.span_id else view.root
-                services: list[str | None] = [*view.services, None]
-                agents: list[str | None] = [*row["agent_names"], None]
-                signals.append({
-                    "trace_id": trace_id, "span_id": finding.span_id, "signal": finding.signal,
-                    "severity": finding.severity, "tool": finding.tool,
-                    "details": orjson.dumps(finding.details, default=str).decode(),
-                    "service": (span.service_name if span is not None else None) or services[0],
-                    "agent": (span.agent_name if span is not None else None) or agents[0],
-                    "window_start_ns": row["window_start_ns"], "detected_ns": now_ns,
-                })
-        return _Evaluated(traces, signals, reevaluated)
+    async def _evaluate(self, completed: list[Completed]) -> Evaluated:
+        table = await asyncio.to_thread(self._read_back, completed)
+        items: list[Item] = [
+            (c.trace.trace_id, "recovered" if c.trace.recovered else "late" if c.trace.late else c.reason,
+             c.trace.late or c.trace.recovered) for c in completed]
+        if self._pool is None:
+            assert self._evaluator is not None
+            result = await asyncio.to_thread(self._evaluator.evaluate, table, items)
+        else:
+            ipc = await asyncio.to_thread(to_ipc, table)
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, evaluate_ipc, ipc, items)
+        for error in result.errors[:20]:
+            self.telemetry.log.error("detector failed", error=error)
+        return result
 
     # -- windows and triggers -------------------------------------------------------------------------
 

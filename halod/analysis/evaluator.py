@@ -1,0 +1,109 @@
+"""Evaluation of completed traces: features and every enabled detector. Pure computation.
+
+It runs in a worker process (`analysis.evaluator: process`, the default): detectors cost tens of
+microseconds a span in Python, and in the daemon's process they would share the GIL with the event
+loop and the store writer, slowing ingestion (docs/benchmarks.md). The stage sends each batch of
+completed traces as Arrow IPC bytes and gets plain rows back; the outlier baselines live in the
+worker. `thread` keeps it in the daemon's process (no extra process; for small deployments).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from halod.analysis.config import AnalysisConfig
+from halod.analysis.features import features
+from halod.analysis.signals import DetectContext, Detector, Finding, build_detectors
+from halod.analysis.trace import TraceSpans
+
+# (trace id, completion, evaluated before) of each trace in a batch
+Item = tuple[str, str, bool]
+
+
+@dataclass
+class Evaluated:
+    traces: list[dict[str, Any]] = field(default_factory=list)
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    reevaluated: list[str] = field(default_factory=list)  # evaluated before: their old signal rows go
+    errors: list[str] = field(default_factory=list)  # detector failures, for the daemon's log
+
+
+class Evaluator:
+    def __init__(self, config: AnalysisConfig) -> None:
+        self.detectors: list[Detector] = build_detectors(config.signals)
+        self.size_ns = int(config.windows.size * 1e9)
+        self.context = DetectContext()
+        # Detectors that learn from the traces they see (outliers) get trailing statistics, kept in
+        # memory: after a restart they need `min_samples` traces again before they fire.
+        self.learners = [d for d in self.detectors if hasattr(d, "new_stats")]
+        self.trailing = self.learners[0].new_stats() if self.learners else None
+        if self.trailing is not None:
+            self.context.baselines = self.trailing.baselines
+
+    def evaluate(self, table: pa.Table, items: list[Item]) -> Evaluated:
+        views = {view.trace_id: view for view in TraceSpans.from_table(table)}
+        out = Evaluated()
+        now_ns = time.time_ns()
+        for trace_id, completion, again in items:
+            view = views.get(trace_id)
+            if view is None:  # its spans are gone (retention dropped them meanwhile): nothing to evaluate
+                continue
+            if again:
+                out.reevaluated.append(trace_id)
+            findings: list[Finding] = []
+            for detector in self.detectors:
+                try:
+                    findings += detector.detect(view, self.context)
+                except Exception as exc:  # one detector's bug costs its findings on this trace only
+                    out.errors.append(f"detector {detector.name} failed on trace {trace_id}: {exc!r}")
+            if self.trailing is not None and not again:
+                # after detection (a trace is compared with the others, not itself), and once per trace
+                for learner in self.learners:
+                    for key, value in learner.observations(view):  # type: ignore[attr-defined]
+                        self.trailing.add(key, value)
+            row = features(view, self.size_ns, [f.signal for f in findings], completion, now_ns)
+            row["evaluations"] = 0
+            out.traces.append(row)
+            services: list[str | None] = [*view.services, None]
+            agents: list[str | None] = [*row["agent_names"], None]
+            for finding in findings:
+                span = view.by_id.get(finding.span_id) if finding.span_id else view.root
+                out.signals.append({
+                    "trace_id": trace_id, "span_id": finding.span_id, "signal": finding.signal,
+                    "severity": finding.severity, "tool": finding.tool,
+                    "details": orjson.dumps(finding.details, default=str).decode(),
+                    "service": (span.service_name if span is not None else None) or services[0],
+                    "agent": (span.agent_name if span is not None else None) or agents[0],
+                    "window_start_ns": row["window_start_ns"], "detected_ns": now_ns,
+                })
+        return out
+
+
+# -- the worker process -----------------------------------------------------------------------------
+
+_worker: Evaluator | None = None
+
+
+def init_worker(config_json: str) -> None:
+    global _worker
+    _worker = Evaluator(AnalysisConfig.model_validate_json(config_json))
+
+
+def evaluate_ipc(ipc: bytes, items: list[Item]) -> Evaluated:
+    """In the worker: one batch, as Arrow IPC stream bytes."""
+    assert _worker is not None, "init_worker did not run"
+    with pa.ipc.open_stream(ipc) as reader:
+        table = reader.read_all()
+    return _worker.evaluate(table, items)
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
