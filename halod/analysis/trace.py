@@ -36,10 +36,16 @@ class SpanView:
         text = self.__dict__.get("events")
         return orjson.loads(text) if text else []
 
+    @cached_property
+    def memo(self) -> dict[str, Any]:
+        """Results detectors derive from this span and share (e.g. the tool calls it requested), so
+        the first detector that needs one computes it for all; gone with the view."""
+        return {}
+
     @property
     def row(self) -> dict[str, Any]:
         """The columns as a dict (to build a modified copy: SpanView({**span.row, ...}))."""
-        return {key: value for key, value in self.__dict__.items() if key not in ("attrs", "event_list")}
+        return {key: value for key, value in self.__dict__.items() if key not in ("attrs", "event_list", "memo")}
 
     @property
     def is_error(self) -> bool:
@@ -72,6 +78,11 @@ class TraceSpans:
         for row in table.to_pylist():
             groups.setdefault(row["trace_id"], []).append(SpanView(row))
         return [cls(trace_id, spans) for trace_id, spans in groups.items()]
+
+    @cached_property
+    def memo(self) -> dict[str, Any]:
+        """Results detectors derive from the whole trace and share (e.g. its resolved tool calls)."""
+        return {}
 
     def __iter__(self) -> Iterator[SpanView]:
         return iter(self.spans)

@@ -53,7 +53,6 @@ import bisect
 import difflib
 import json
 import re
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -131,7 +130,6 @@ class RequestedCall:
 
 
 _MAX_OUTPUT_MESSAGES = 16
-_REQUESTED: weakref.WeakKeyDictionary[SpanView, tuple[RequestedCall, ...]] = weakref.WeakKeyDictionary()
 
 
 def requested_calls(span: SpanView) -> tuple[RequestedCall, ...]:
@@ -141,10 +139,9 @@ def requested_calls(span: SpanView) -> tuple[RequestedCall, ...]:
     OpenInference's flattened keys are probed by index (message 0, 1, ... while the message has a
     role, content or first tool call; call 0, 1, ... while it has a name), not found by scanning
     every attribute: this runs for every LLM span."""
-    calls = _REQUESTED.get(span)
+    calls: tuple[RequestedCall, ...] | None = span.memo.get("requested_calls")
     if calls is None:
-        calls = tuple(_requested_calls(span))
-        _REQUESTED[span] = calls
+        calls = span.memo["requested_calls"] = tuple(_requested_calls(span))
     return calls
 
 
@@ -269,17 +266,15 @@ def tool_definition(value: Any) -> _Definition | None:
     return name, None
 
 
-_DECLARED: weakref.WeakKeyDictionary[SpanView, DeclaredTools | None] = weakref.WeakKeyDictionary()
 
 
 def span_declared_tools(span: SpanView) -> DeclaredTools | None:
     """The tools declared on an LLM span itself (`llm.tools.N.tool.json_schema`, else
     `gen_ai.tool.definitions`); None when it declares none. Computed once per span view."""
-    declared = _DECLARED.get(span, NOT_JSON)
-    if declared is NOT_JSON:
-        declared = _span_declared_tools(span)
-        _DECLARED[span] = declared
-    return declared  # type: ignore[no-any-return]
+    if "declared_tools" not in span.memo:
+        span.memo["declared_tools"] = _span_declared_tools(span)
+    declared: DeclaredTools | None = span.memo["declared_tools"]
+    return declared
 
 
 def _span_declared_tools(span: SpanView) -> DeclaredTools | None:
@@ -415,16 +410,14 @@ def tool_name_of(span: SpanView) -> str | None:
 
 # tool_calls(trace) by trace: five detectors read the same calls of each trace. Weak keys, so the memo
 # lives as long as the trace view does (a TraceSpans does not change after it is built).
-_CALLS: weakref.WeakKeyDictionary[TraceSpans, tuple[ToolCall, ...]] = weakref.WeakKeyDictionary()
 
 
 def tool_calls(trace: TraceSpans) -> tuple[ToolCall, ...]:
     """Every tool call of the trace, in start-time order (the rule is in the module docstring);
     computed once per trace view."""
-    calls = _CALLS.get(trace)
+    calls: tuple[ToolCall, ...] | None = trace.memo.get("tool_calls")
     if calls is None:
-        calls = _tool_calls(trace)
-        _CALLS[trace] = calls
+        calls = trace.memo["tool_calls"] = _tool_calls(trace)
     return calls
 
 
