@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -121,6 +122,19 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> Non
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def trace_row(daemon: Daemon, trace: int) -> dict[str, Any] | None:
     rows = daemon.query(f"SELECT span_count, evaluations, completion FROM traces WHERE trace_id = '{trace:032x}'")
     return rows[0] if rows else None
@@ -148,10 +162,15 @@ def test_late_spans_reevaluate_their_trace_and_restarts_lose_nothing(make_daemon
     wait_for(lambda: trace_row(daemon, 2) is not None, "trace 2 to complete after the restart")
     assert (trace_row(daemon, 2) or {})["span_count"] == 3
 
-    # kill -9 after completions: nothing evaluated twice into duplicate rows
+    # kill -9 after completions: nothing evaluated twice into duplicate rows, and the evaluator process
+    # does not outlive the daemon
     post(daemon, request(3, [30, 31], root=30))
     wait_for(lambda: trace_row(daemon, 3) is not None, "trace 3 to complete")
+    assert daemon.proc is not None
+    workers = children(daemon.proc.pid)
+    assert workers, "the evaluator runs in a child process"
     daemon.kill9()
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), "the evaluator to exit", 10)
     daemon.start()
     wait_for(lambda: daemon.metric("halod_open_traces") == 0, "recovered traces to complete", timeout=10)
     time.sleep(0.5)

@@ -9,6 +9,8 @@ worker. `thread` keeps it in the daemon's process (no extra process; for small d
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,9 +91,18 @@ class Evaluator:
 _worker: Evaluator | None = None
 
 
-def init_worker(config_json: str) -> None:
+def init_worker(config_json: str, parent_pid: int) -> None:
     global _worker
     _worker = Evaluator(AnalysisConfig.model_validate_json(config_json))
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="halod-evaluator-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A daemon killed with SIGKILL cannot stop its worker, and the worker would not notice (it holds
+    its own copy of the task queue's pipe): it watches its parent and leaves with it."""
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def evaluate_ipc(ipc: bytes, items: list[Item]) -> Evaluated:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -95,8 +96,9 @@ class AnalysisStage:
         self.triggers.load(await asyncio.to_thread(self.store.read, self.triggers.state_reader))
         if self.config.evaluator == "process":
             # spawn, not fork: the daemon has threads (gRPC, the store writer) a fork would copy mid-state
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=init_worker, initargs=(self.config.model_dump_json(),))
+            spawn = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(1, mp_context=spawn, initializer=init_worker,
+                                             initargs=(self.config.model_dump_json(), os.getpid()))
         self.store.subscribe(self.on_commit)
         self._task = asyncio.create_task(self._ticks(), name="halod-analysis")
         self.telemetry.log.info("analysis started", cursor=cursor, recovered_traces=len(recovered),
