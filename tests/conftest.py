@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,10 +30,25 @@ DATASETS = REPO.parent / "shared" / "datasets"
 FIXTURES = DATASETS / "otel-fixtures"
 
 
+# Ports handed to test servers come from below Linux's ephemeral range (32768-60999): a port the
+# kernel picked for `bind(0)` can be given again to any outgoing connection (a client, the daemon's
+# own) before the server binds it, and the server then fails with "address already in use".
+_PORTS = random.Random(os.getpid())
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    while True:
+        port = _PORTS.randrange(20000, 32000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
