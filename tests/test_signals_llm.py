@@ -19,6 +19,7 @@ import pytest
 from pydantic import ValidationError
 
 from halod.analysis.signals import (
+    _outputs,
     escalation,
     failed_outcome,
     llm_error,
@@ -105,24 +106,24 @@ def assistant_messages(run: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_llm_text_and_requested_tools_read_every_output_shape() -> None:
     plain = span(output_text="Hello there")
-    assert no_final_answer.llm_text(plain) == "Hello there"
+    assert _outputs.llm_text(plain) == "Hello there"
     openai_calls = span(output_text=tool_calls_json("get_user", "calc"))
-    assert no_final_answer.llm_text(openai_calls) == ""
-    assert no_final_answer.requested_tools(openai_calls) == ["get_user", "calc"]
+    assert _outputs.llm_text(openai_calls) == ""
+    assert _outputs.requested_tools(openai_calls) == ["get_user", "calc"]
     genai = span(output_text=json.dumps([{"role": "assistant", "parts": [
         {"type": "text", "content": "Let me look."}, {"type": "tool_call", "id": "1", "name": "search"}]}]))
-    assert no_final_answer.llm_text(genai) == "Let me look."
-    assert no_final_answer.requested_tools(genai) == ["search"]
+    assert _outputs.llm_text(genai) == "Let me look."
+    assert _outputs.requested_tools(genai) == ["search"]
     any_agent = span(output_text='[{"tool.name": "write_file", "tool.args": "{}"}]')
-    assert no_final_answer.requested_tools(any_agent) == ["write_file"]
+    assert _outputs.requested_tools(any_agent) == ["write_file"]
     answer_json = span(output_text='{"steps": [{"number": 1}]}')
-    assert no_final_answer.llm_text(answer_json) == '{"steps": [{"number": 1}]}'
+    assert _outputs.llm_text(answer_json) == '{"steps": [{"number": 1}]}'
     api_response = span(output_text=json.dumps({"id": "x", "choices": [{"message": {
         "role": "assistant", "content": "Hi", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}}]}))
-    assert (no_final_answer.llm_text(api_response), no_final_answer.requested_tools(api_response)) == ("Hi", ["f"])
+    assert (_outputs.llm_text(api_response), _outputs.requested_tools(api_response)) == ("Hi", ["f"])
     anthropic = span(output_text=json.dumps({"role": "assistant", "content": [
         {"type": "text", "text": "Checking"}, {"type": "tool_use", "id": "t", "name": "lookup", "input": {}}]}))
-    assert (no_final_answer.llm_text(anthropic), no_final_answer.requested_tools(anthropic)) == (
+    assert (_outputs.llm_text(anthropic), _outputs.requested_tools(anthropic)) == (
         "Checking", ["lookup"])
     openinference = span(output_text=None, attributes={
         "llm.output_messages.0.message.role": "assistant",
@@ -130,18 +131,18 @@ def test_llm_text_and_requested_tools_read_every_output_shape() -> None:
         "llm.output_messages.0.message.tool_calls.0.tool_call.function.name": "a",
         "llm.output_messages.0.message.tool_calls.1.tool_call.function.name": "b",
     })
-    assert (no_final_answer.llm_text(openinference), no_final_answer.requested_tools(openinference)) == (
+    assert (_outputs.llm_text(openinference), _outputs.requested_tools(openinference)) == (
         "Done.", ["a", "b"])
     nothing = span(output_text=None)
-    assert not no_final_answer.records_output(nothing)
+    assert not _outputs.records_output(nothing)
     broken = span(output_text="[{not json")
-    assert no_final_answer.llm_text(broken) == "[{not json"
+    assert _outputs.llm_text(broken) == "[{not json"
 
 
 def test_real_transcript_outputs_are_read_as_text_or_tool_calls() -> None:
     t = airline()[0]  # run 0: text turns and tool-call turns
-    texts = [no_final_answer.llm_text(s) for s in t.llm_spans]
-    calls = [no_final_answer.requested_tools(s) for s in t.llm_spans]
+    texts = [_outputs.llm_text(s) for s in t.llm_spans]
+    calls = [_outputs.requested_tools(s) for s in t.llm_spans]
     raw = assistant_messages(runs(AIRLINE)[0])
     assert texts == [m.get("content") or "" for m in raw]
     assert calls == [[c["function"]["name"] for c in m.get("tool_calls") or []] for m in raw]

@@ -32,8 +32,8 @@ import re
 
 from pydantic import Field
 
+from halod.analysis.signals._outputs import glob_matcher, llm_text, requested_tools, tool_name_of
 from halod.analysis.signals.base import DetectContext, Finding, Patterns
-from halod.analysis.signals.no_final_answer import glob_matcher, llm_text, requested_tools, tool_name_of
 from halod.analysis.trace import SpanView, TraceSpans
 from halod.security import StrictModel
 

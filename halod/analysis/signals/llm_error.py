@@ -35,8 +35,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from halod.analysis.signals._outputs import column, compile_patterns
 from halod.analysis.signals.base import DetectContext, Finding, check_patterns
-from halod.analysis.signals.no_final_answer import column, compile_patterns
 from halod.analysis.trace import SpanView, TraceSpans
 from halod.security import StrictModel
 

@@ -44,8 +44,8 @@ from collections import OrderedDict, deque
 
 from pydantic import Field
 
+from halod.analysis.signals._outputs import column
 from halod.analysis.signals.base import DetectContext, Finding
-from halod.analysis.signals.no_final_answer import column
 from halod.analysis.trace import TraceSpans
 from halod.security import StrictModel
 

@@ -32,8 +32,8 @@ import re
 
 from pydantic import Field
 
+from halod.analysis.signals._outputs import llm_text, refusal_text
 from halod.analysis.signals.base import DetectContext, Finding, Patterns
-from halod.analysis.signals.no_final_answer import llm_text, refusal_text
 from halod.analysis.trace import TraceSpans
 from halod.security import StrictModel
 

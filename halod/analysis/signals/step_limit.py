@@ -46,8 +46,8 @@ from typing import Any
 
 from pydantic import Field
 
+from halod.analysis.signals._outputs import column, compile_patterns, ending
 from halod.analysis.signals.base import DetectContext, Finding, Patterns
-from halod.analysis.signals.no_final_answer import column, compile_patterns, ending
 from halod.analysis.trace import SpanView, TraceSpans
 from halod.security import StrictModel
 
