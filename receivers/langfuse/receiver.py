@@ -47,13 +47,13 @@ record is re-filed the next time its range is listed. A record whose time cannot
 counted, so its range keeps being listed: more requests, never a miss.
 
 Errors: 401/403 are logged naming the receiver and host ("check public_key/secret_key") and retried
-with backoff, as are timeouts and 5xx; a 429's Retry-After is honoured before the next request; a
+with backoff, as are timeouts and 5xx; a 429 raises `RateLimited` carrying its Retry-After, which the
+PullReceiver backoff never undercuts; a
 record that cannot be converted is skipped and reported once (`halod_receiver_bad_records`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import OrderedDict
@@ -72,7 +72,6 @@ from halod.receivers.langfuse.api import (
     LangfuseClient,
     LangfuseError,
     ListResponse,
-    RateLimited,
 )
 from halod.receivers.langfuse.config import LangfuseReceiverConfig
 
@@ -153,7 +152,6 @@ class LangfuseReceiver(PullReceiver):
         self._tasks: list[Task] = []
         self._loaded: str | None = None  # the cursor the in-memory state belongs to
         self._loaded_once = False
-        self._not_before = 0.0  # monotonic time before which Langfuse asked not to be called (429)
         self._failing: str | None = None  # the kind of failure already logged as an error
         self._trace_resources: OrderedDict[str, Resource] = OrderedDict()
         self._reported: set[str] = set()
@@ -179,11 +177,6 @@ class LangfuseReceiver(PullReceiver):
             self._fail_once("keys", "langfuse receiver has no API keys: set public_key and secret_key "
                             "(e.g. ${env:LANGFUSE_PUBLIC_KEY} / ${env:LANGFUSE_SECRET_KEY}); pulling nothing")
             raise LangfuseError(f"{self.id}: public_key and secret_key are not set; check public_key/secret_key")
-        wait = self._not_before - time.monotonic()
-        if wait > 0:
-            if wait > self.config.timeout / 2:
-                raise RateLimited(f"{self.id}: waiting {wait:.1f}s more, as Langfuse asked (Retry-After)", wait)
-            await asyncio.sleep(wait)
         if not self._tasks:
             self._plan()
         task = self._tasks[0]
@@ -191,9 +184,6 @@ class LangfuseReceiver(PullReceiver):
             response = await self._client.list(task.stream.path, self._params(task))
         except AuthError as exc:
             self._fail_once("auth", "langfuse rejected the API keys: check public_key/secret_key", status=exc.status)
-            raise
-        except RateLimited as exc:
-            self._not_before = time.monotonic() + (exc.retry_after_s or 0.0)
             raise
         self._failing = None
         spans, problems = self._advance(task, response)
