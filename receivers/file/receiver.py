@@ -7,8 +7,9 @@ data, one chunk (one store commit) at a time, until nothing is new; then it wait
   offset up to the last complete line; a line still being written is left for the next poll.
 - **Whole documents** (a JSON array of transcripts, an SDK dump, protobuf, a pretty-printed request): read
   once the file has not changed for `settle_time`; the position is the number of chunks committed,
-  so a restart in the middle resumes after the last committed chunk. If such a file changes again
-  it is read again from its start (the store deduplicates the spans it already had).
+  so a restart in the middle resumes after the last committed chunk (the reader itself is kept
+  from page to page, so a file is parsed once). If such a file changes again it is read again from
+  its start (the store deduplicates the spans it already had).
 
 Identity of a file: its path plus a fingerprint (sha256 of its first bytes, up to 1 KiB). A file
 whose fingerprint no longer matches, or that got shorter than the offset, was replaced or truncated
@@ -26,6 +27,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -61,6 +63,7 @@ class FileReceiver(PullReceiver):
         self.config = config
         self._files: dict[str, FileState] = {}
         self._formats: dict[str, tuple[str, bool]] = {}
+        self._documents: dict[str, _Document] = {}
         self._options = ReadOptions()
         self._first_poll = False
 
@@ -88,6 +91,7 @@ class FileReceiver(PullReceiver):
         paths = self._matching_files()
         for gone in set(self._files) - set(paths):
             del self._files[gone]
+            self._documents.pop(gone, None)
         if self._first_poll:
             self._first_poll = False
             if self.config.start_at == "end":
@@ -138,6 +142,7 @@ class FileReceiver(PullReceiver):
                 self.telemetry.log.info("file replaced or truncated; reading it from the start",
                                         receiver=self.id, path=path)
                 self._formats.pop(path, None)
+                self._documents.pop(path, None)
                 state = None
         if state is None:
             state = FileState()
@@ -188,16 +193,33 @@ class FileReceiver(PullReceiver):
             return None, False  # still being written, perhaps
         if state.size != stat.st_size:  # changed since the chunks counted were read: from the start
             state.chunks, state.size, state.complete = 0, stat.st_size, False
-        chunks = read_file(Path(path), file_format, self._options)
-        for index, chunk in enumerate(chunks):
-            if index < state.chunks:
-                continue
-            state.chunks = index + 1
-            following = next(chunks, None)
-            state.complete = following is None
-            return chunk, not state.complete
-        state.complete = True
-        return None, False
+        document = self._documents.get(path)
+        if document is None or document.size != stat.st_size or document.next_index != state.chunks:
+            # A reader kept from the previous page goes on; a new one (after a restart, or a changed
+            # file) skips the chunks already committed.
+            chunks = read_file(Path(path), file_format, self._options)
+            for _ in range(state.chunks):
+                next(chunks, None)
+            document = self._documents[path] = _Document(stat.st_size, chunks, next(chunks, None), state.chunks)
+        chunk = document.ahead
+        if chunk is not None:
+            document.ahead = next(document.chunks, None)  # one ahead: tells whether this chunk is the last
+            document.next_index += 1
+            state.chunks = document.next_index
+        state.complete = document.ahead is None
+        if state.complete:
+            del self._documents[path]
+        return chunk, not state.complete
+
+
+@dataclass
+class _Document:
+    """A whole-document file being read, one chunk per page."""
+
+    size: int
+    chunks: Iterator[Chunk]
+    ahead: Chunk | None
+    next_index: int
 
 
 def _fingerprint(path: str, length: int = FINGERPRINT_BYTES) -> tuple[str, int]:
