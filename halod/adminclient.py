@@ -25,7 +25,12 @@ from halod.store import QueryError, QueryResult, connect, run_query
 
 
 class AdminError(Exception):
-    """The daemon answered with an error, or the store could not be reached; the message is for the user."""
+    """The daemon answered with an error, or the store could not be reached; the message is for the user.
+    `status` is the HTTP status the daemon answered with, when it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -63,9 +68,7 @@ class AdminClient:
             message = f"halod at {self.base_url} answered {exc.code}: {detail}"
             if exc.code == 503:  # the store is busy: retryable, as for an OTLP client
                 raise Refused("queue_full", message, float(exc.headers.get("Retry-After") or 1)) from None
-            if exc.code == 400 and path.startswith("/api/v1/import"):
-                raise InvalidPayload(message) from None
-            raise AdminError(message) from None
+            raise AdminError(message, exc.code) from None
 
     def is_up(self) -> bool:
         """True when a daemon answers /healthz; False when nothing listens there."""
@@ -78,7 +81,12 @@ class AdminClient:
     def import_request(self, body: bytes, pipeline: str | None = None) -> ImportResult:
         """Send one serialized OTLP ExportTraceServiceRequest to POST /api/v1/import."""
         path = "/api/v1/import" + (f"?{urllib.parse.urlencode({'pipeline': pipeline})}" if pipeline else "")
-        result = self._request("POST", path, body, content_type="application/x-protobuf")
+        try:
+            result = self._request("POST", path, body, content_type="application/x-protobuf")
+        except AdminError as exc:
+            if exc.status == 400:  # the pipeline refused this request's data for good
+                raise InvalidPayload(str(exc)) from None
+            raise
         return ImportResult(**result)
 
     def flush(self) -> dict[str, Any]:
