@@ -36,7 +36,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from halod.analysis.signals import DetectContext, Detector, Finding, build_detectors, escalation, no_final_answer
+from halod.analysis.signals import (
+    DetectContext,
+    Detector,
+    Finding,
+    build_detectors,
+    escalation,
+    no_final_answer,
+    outliers,
+)
 from halod.analysis.trace import TraceSpans
 from halod.formats import ReadOptions, read_file
 from halod.normalize import normalize_request
@@ -135,8 +143,8 @@ def detect(runs_by_dataset: dict[str, list[Run]], detectors: list[Detector]) -> 
     """Every detector on every trace, as the analysis stage runs them: the outlier baselines are fed
     after each trace is judged, in file order."""
     context = DetectContext()
-    learners = [d for d in detectors if hasattr(d, "new_stats")]
-    stats = learners[0].new_stats() if learners else None  # type: ignore[attr-defined]
+    learner = next((d for d in detectors if isinstance(d, outliers.Detector)), None)
+    stats = learner.new_stats() if learner is not None else None
     if stats is not None:
         context.baselines = stats.baselines
     result: dict[str, list[Evaluated]] = {}
@@ -146,10 +154,9 @@ def detect(runs_by_dataset: dict[str, list[Run]], detectors: list[Detector]) -> 
             findings: list[Finding] = []
             for detector in detectors:
                 findings += detector.detect(run.trace, context)
-            if stats is not None:
-                for learner in learners:
-                    for key, value in learner.observations(run.trace):  # type: ignore[attr-defined]
-                        stats.add(key, value)
+            if learner is not None and stats is not None:
+                for key, value in learner.observations(run.trace):
+                    stats.add(key, value)
             evaluated.append(Evaluated(run, findings))
         result[dataset] = evaluated
     return result

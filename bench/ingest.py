@@ -205,9 +205,10 @@ class _TraceBuilder:
         return self.spans
 
 
-def build_request(rng: random.Random, spans_per_request: int, now_ns: int) -> tuple[bytes, list[int]]:
-    """One serialized request of exactly `spans_per_request` spans, and the byte offsets of the
-    generation bytes of every trace id in it (the last GEN_BYTES bytes, zero in the pool copy)."""
+def build_request(rng: random.Random, spans_per_request: int, now_ns: int) -> tuple[bytes, list[int], int]:
+    """One serialized request of exactly `spans_per_request` spans, the byte offsets of the
+    generation bytes of every trace id in it (the last GEN_BYTES bytes, zero in the pool copy), and
+    how many traces it holds."""
     spans: list[Span] = []
     trace_ids: list[bytes] = []
     while len(spans) < spans_per_request:
@@ -235,7 +236,7 @@ def build_request(rng: random.Random, spans_per_request: int, now_ns: int) -> tu
             position = payload.find(needle, position + 1)
     if len(offsets) != len(spans):
         raise RuntimeError(f"found {len(offsets)} trace ids for {len(spans)} spans (random collision): rebuild")
-    return payload, offsets
+    return payload, offsets, len(trace_ids)
 
 
 class RequestPool:
@@ -246,10 +247,12 @@ class RequestPool:
         now_ns = time.time_ns()
         self.payloads: list[bytes] = []
         self.offsets: list[list[int]] = []
+        self.traces = 0  # distinct traces over the pool (every request holds whole traces)
         for _ in range(size):
-            payload, offsets = build_request(rng, spans_per_request, now_ns)
+            payload, offsets, traces = build_request(rng, spans_per_request, now_ns)
             self.payloads.append(payload)
             self.offsets.append(offsets)
+            self.traces += traces
         self.spans_per_request = spans_per_request
 
     def __len__(self) -> int:
@@ -324,12 +327,13 @@ class Halod:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def metric_total(self, name: str) -> float:
-        """Sum of a metric's samples on /metrics (every label set)."""
+    def metric_total(self, name: str, label: str = "") -> float:
+        """Sum of a metric's samples on /metrics (every label set, or those with `label`, e.g.
+        'completion="evicted"')."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5) as response:
             text = response.read().decode()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name + "{") or line.startswith(name + " "))
+                   if (line.startswith(name + "{") or line.startswith(name + " ")) and label in line)
 
     @property
     def pid(self) -> int:
@@ -347,8 +351,16 @@ class Halod:
         return 0
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds of the daemon and its live child processes (the analysis worker)."""
+        pids = [self.pid, *map(int, Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split())]
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self, timeout: float = 120.0) -> int:
         assert self.proc is not None
@@ -383,10 +395,27 @@ class Call:
     status: str  # "OK" or the gRPC status name
 
 
+class Pacer:
+    """Spaces the requests of one process's clients to `requests_per_s` (None: as fast as answered)."""
+
+    def __init__(self, requests_per_s: float | None) -> None:
+        self.interval = 1.0 / requests_per_s if requests_per_s else 0.0
+        self.next_slot = time.monotonic()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        slot = max(now, self.next_slot)  # single-threaded asyncio: reserving a slot cannot race
+        self.next_slot = slot + self.interval
+        await asyncio.sleep(slot - now)
+
+
 async def _client_loop(channel: Any, pool: RequestPool, sequences: Any, stop_at: float,
-                       calls: list[Call]) -> None:
+                       calls: list[Call], pacer: Pacer) -> None:
     export = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
     while time.monotonic() < stop_at:
+        await pacer.wait()
         payload = pool.take(next(sequences))
         started = time.monotonic()
         try:
@@ -401,37 +430,42 @@ async def _client_loop(channel: Any, pool: RequestPool, sequences: Any, stop_at:
 
 
 async def _run_clients(target: str, pool: RequestPool, clients: int, first_sequence: int, stride: int,
-                       stop_at: float) -> list[Call]:
+                       stop_at: float, requests_per_s: float | None) -> list[Call]:
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 64 * 2**20)]
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(clients)]
     try:
         await asyncio.gather(*(channel.channel_ready() for channel in channels))
         sequences = itertools.count(first_sequence, stride)  # shared: asyncio tasks never interleave next()
         calls: list[Call] = []
-        await asyncio.gather(*(_client_loop(channel, pool, sequences, stop_at, calls) for channel in channels))
+        pacer = Pacer(requests_per_s)
+        await asyncio.gather(*(_client_loop(channel, pool, sequences, stop_at, calls, pacer)
+                               for channel in channels))
         return calls
     finally:
         await asyncio.gather(*(channel.close() for channel in channels))
 
 
-def _client_process(args: tuple[str, RequestPool, int, int, int, float]) -> tuple[list[Call], float]:
+def _client_process(args: tuple[str, RequestPool, int, int, int, float, float | None]) -> tuple[list[Call], float]:
     calls = asyncio.run(_run_clients(*args))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return calls, usage.ru_utime + usage.ru_stime
 
 
-def drive(target: str, pool: RequestPool, clients: int, procs: int, stop_at: float) -> tuple[list[Call], float]:
-    """Run the clients until `stop_at` (monotonic); returns every call and the client CPU seconds."""
+def drive(target: str, pool: RequestPool, clients: int, procs: int, stop_at: float,
+          spans_per_s: float | None = None) -> tuple[list[Call], float]:
+    """Run the clients until `stop_at` (monotonic), at most `spans_per_s` in all when given; returns
+    every call and the client CPU seconds."""
+    requests_per_s = spans_per_s / pool.spans_per_request / max(1, procs) if spans_per_s else None
     if procs <= 1:
         before = resource.getrusage(resource.RUSAGE_SELF)
-        calls = asyncio.run(_run_clients(target, pool, clients, 0, 1, stop_at))
+        calls = asyncio.run(_run_clients(target, pool, clients, 0, 1, stop_at, requests_per_s))
         after = resource.getrusage(resource.RUSAGE_SELF)
         return calls, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     # Forked workers inherit the pool; worker k sends sequence numbers k, k + procs, k + 2*procs, ...
     per_proc = [clients // procs + (1 if k < clients % procs else 0) for k in range(procs)]
     with multiprocessing.get_context("fork").Pool(procs) as workers:
         results = workers.map(_client_process,
-                              [(target, pool, n, k, procs, stop_at) for k, n in enumerate(per_proc)])
+                              [(target, pool, n, k, procs, stop_at, requests_per_s) for k, n in enumerate(per_proc)])
     return [call for calls, _ in results for call in calls], sum(cpu for _, cpu in results)
 
 
@@ -494,15 +528,17 @@ def run(args: argparse.Namespace, pool: RequestPool) -> dict[str, Any]:
             samples["from"], samples["machine_from"] = halod.cpu_seconds(), machine_busy_seconds()
             if args.analysis:
                 samples["traces_from"] = halod.metric_total("halod_traces_completed_total")
+                samples["evicted_from"] = halod.metric_total("halod_traces_completed_total", 'completion="evicted"')
             time.sleep(max(0.0, measure_to - time.monotonic()))
             samples["to"], samples["machine_to"] = halod.cpu_seconds(), machine_busy_seconds()
             if args.analysis:
                 samples["traces_to"] = halod.metric_total("halod_traces_completed_total")
+                samples["evicted_to"] = halod.metric_total("halod_traces_completed_total", 'completion="evicted"')
                 samples["open_traces"] = halod.metric_total("halod_open_traces")
 
         sampler = threading.Thread(target=sample_cpu, daemon=True)
         sampler.start()
-        calls, client_cpu = drive(target, pool, args.clients, args.client_procs, measure_to)
+        calls, client_cpu = drive(target, pool, args.clients, args.client_procs, measure_to, args.rate)
         finished = time.monotonic()
         sampler.join()
         peak_rss_kib = halod.status_kib("VmHWM")
@@ -537,6 +573,7 @@ def run(args: argparse.Namespace, pool: RequestPool) -> dict[str, Any]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "clients": args.clients,
+        "offered_spans_per_s": args.rate,
         "client_procs": args.client_procs,
         "spans_per_request": pool.spans_per_request,
         "pool_requests": len(pool),
@@ -562,8 +599,11 @@ def run(args: argparse.Namespace, pool: RequestPool) -> dict[str, Any]:
         "halod_exit_code": exit_code,
         "halod_stop_s": round(stop_s, 2),
         "analysis": args.analysis,
+        "traces_arrived_per_s": round(len(window) * pool.traces / len(pool) / args.duration, 1),
         "traces_completed_per_s": round((samples.get("traces_to", 0.0) - samples.get("traces_from", 0.0))
                                         / args.duration, 1),
+        "traces_evicted_per_s": round((samples.get("evicted_to", 0.0) - samples.get("evicted_from", 0.0))
+                                      / args.duration, 1),
         "open_traces_at_end": samples.get("open_traces"),
     }
 
@@ -577,8 +617,9 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"  decode + normalize     {result['decode_plus_normalize_spans_per_s']:>10,} spans/s")
         return
     r = result
+    offered = f", offered {r['offered_spans_per_s']:,.0f} spans/s" if r["offered_spans_per_s"] else ""
     print(f"halod ingest: {r['clients']} clients ({r['client_procs']} process(es)), {r['spans_per_request']} "
-          f"spans/request, ~{r['bytes_per_span']} B/span, {r['duration_s']} s after {r['warmup_s']} s warmup")
+          f"spans/request, ~{r['bytes_per_span']} B/span, {r['duration_s']} s after {r['warmup_s']} s warmup{offered}")
     print(f"  acknowledged (durable)  {r['spans_per_s']:>10,} spans/s   "
           f"({r['requests_per_s']} requests/s, {r['mb_per_s']} MB/s)")
     print(f"  Export latency          p50 {r['latency_p50_ms']} ms   p99 {r['latency_p99_ms']} ms   "
@@ -587,8 +628,9 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"  CPU ({r['nproc']} cores)            halod {r['halod_cpu_cores']}, clients {r['client_cpu_cores']}, "
           f"other processes {r['other_cpu_cores']} (cores busy, measured window)")
     if r["analysis"]:
-        print(f"  analysis (all detectors) {r['traces_completed_per_s']:>9,} traces/s completed and evaluated, "
-              f"{r['open_traces_at_end']:,.0f} open at the end of the window")
+        print(f"  analysis (all detectors) {r['traces_completed_per_s']:>9,} traces/s completed and evaluated "
+              f"({r['traces_evicted_per_s']:,} of them early, evicted); {r['traces_arrived_per_s']:,} traces/s "
+              f"arrived; {r['open_traces_at_end']:,.0f} open at the end of the window")
     if r["failed_requests"]:
         print(f"  failed requests         {r['failed_requests']}")
     check = "OK" if r["stored_equals_acked"] else "MISMATCH"
@@ -605,6 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--client-procs", type=int, default=1,
                         help="processes the clients run in (default 1: one asyncio process)")
     parser.add_argument("--spans-per-request", type=int, default=512)
+    parser.add_argument("--rate", type=float, default=None,
+                        help="offered load in spans/s (default: none, every client sends as fast as it is answered)")
     parser.add_argument("--pool", type=int, default=48, help="distinct pre-built requests (default 48)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     parser.add_argument("--normalize-only", action="store_true",

@@ -21,6 +21,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUndefined
 
 from halod.analysis.config import AnalysisConfig
+from halod.analysis.signals import _outputs, _tools
 from halod.analysis.signals import modules as signal_modules
 from halod.analysis.triggers import TriggerRule
 from halod.components import Factory, default_registry
@@ -201,6 +202,19 @@ def signals_markdown() -> str:
         "and its settings, set under `analysis.signals.<module>` (e.g. `analysis.signals.tool_loop:",
         "{min_consecutive: 5}`). Findings go to the `signals` table (trace, span, signal, severity, tool, details).",
         "docs/detectors.md measures them on real agent runs.",
+        "",
+        "## How spans are read",
+        "",
+        "Detectors share two readers, so a trace's spans are read one way (`halod/analysis/signals/_outputs.py`,",
+        "`_tools.py`).",
+        "",
+        "### Model outputs and tool calls of a span (`_outputs`)",
+        "",
+        inspect.cleandoc(_outputs.__doc__ or ""),
+        "",
+        "### Tool calls of a trace and their declared tools (`_tools`)",
+        "",
+        inspect.cleandoc(_tools.__doc__ or ""),
         "",
     ]
     for name, module in signal_modules().items():

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from halod.analysis import features
 from halod.analysis.signals import (
     _outputs,
     escalation,
@@ -137,6 +138,16 @@ def test_llm_text_and_requested_tools_read_every_output_shape() -> None:
     assert not _outputs.records_output(nothing)
     broken = span(output_text="[{not json")
     assert _outputs.llm_text(broken) == "[{not json"
+
+
+def test_span_attribute_lookup_skips_parsing_only_when_the_key_is_surely_absent() -> None:
+    attributes = {"tool_call.id": "c1", "note": 'says "agent.tools" in a value', "outcome.résumé": "ok"}
+    view = span("TOOL", attributes=attributes)
+    assert view.get("agent.tools") is None and "attrs" not in view.__dict__  # absent: answered from the text
+    assert view.get("gen_ai.tool.call.id", "none") == "none" and "attrs" not in view.__dict__
+    assert view.get("outcome.résumé") == "ok"  # not plain ASCII: parsed to be sure
+    assert view.get("tool_call.id") == "c1" and view.attrs == attributes
+    assert span("TOOL").get("anything", 7) == 7
 
 
 def test_real_transcript_outputs_are_read_as_text_or_tool_calls() -> None:
@@ -319,17 +330,21 @@ def test_step_limit_docstring_example() -> None:
     assert findings[0].severity == "error"
 
 
-@pytest.mark.parametrize(("where", "text"), [
-    ("status", "GraphRecursionError: Recursion limit of 25 reached without hitting a stop condition."),
-    ("status", "Reached max steps."),
-    ("status", "Max iterations of 10 reached"),
-    ("status", "The next request would exceed the request_limit of 50"),
-    ("status", "Exceeded the maximum number of turns"),
-    ("output", "Agent stopped due to iteration limit or time limit."),
-    ("output", "Agent stopped due to max iterations."),
-    ("exception", "AgentMaxStepsError"),
+@pytest.mark.parametrize("where", ["status", "output", "exception"])
+@pytest.mark.parametrize("text", [
+    "GraphRecursionError: Recursion limit of 25 reached without hitting a stop condition.",
+    "Reached max steps.",
+    "Max iterations of 10 reached",
+    "The next request would exceed the request_limit of 50",
+    "Exceeded the maximum number of turns",
+    "Agent stopped due to iteration limit or time limit.",
+    "Agent stopped due to max iterations.",
+    "AgentMaxStepsError",
+    "MaxTurnsExceeded: Max turns (10) exceeded",
+    "Turn limit hit",
 ])
 def test_step_limit_patterns(where: str, text: str) -> None:
+    """Each text is found as an error and as an output (the output keywords pre-check lets it through)."""
     if where == "status":
         spans = [root(), span("CHAIN", status_code="ERROR", status_message=text)]
     elif where == "output":
@@ -602,12 +617,12 @@ def test_outlier_values_and_groups() -> None:
     t = trace(root(end=30, service_name="a", agent_name=""),
               span(agent_name="planner", prompt_tokens=10, completion_tokens=5),
               span(total_tokens=100), span(prompt_tokens=7), span("TOOL", total_tokens=999))
-    assert outliers.trace_group(t) == ("a", "planner")
-    assert outliers.trace_tokens(t) == 122.0
-    assert outliers.trace_duration_ns(t) == 30 * SECOND
+    assert features.trace_group(t) == ("a", "planner")
+    assert features.trace_tokens(t) == 122
+    assert features.trace_duration_ns(t) == 30 * SECOND
     rootless = trace(span(start=3, end=4, parent="missing"), span(start=5, end=9, parent="missing"))
-    assert outliers.trace_duration_ns(rootless) == 6 * SECOND
-    assert outliers.trace_tokens(rootless) is None
+    assert features.trace_duration_ns(rootless) == 6 * SECOND
+    assert features.trace_tokens(rootless) is None
     assert outliers.observations(rootless) == [((outliers.LATENCY, "svc", ""), 6.0 * SECOND)]
 
 
@@ -622,9 +637,9 @@ def test_outliers_on_real_traces() -> None:
     assert len(stats.baselines[(outliers.LATENCY, "gpt-4o-airline", "gpt-4o-airline")]) == 200
     assert (outliers.TOKENS, "gpt-4o-airline", "gpt-4o-airline") not in stats.baselines  # no token counts
     halo = traces_of(*HALO)
-    big = max(halo, key=lambda t: outliers.trace_tokens(t) or 0)
-    assert outliers.trace_tokens(big) == sum(s.total_tokens or 0 for s in big.llm_spans) > 100_000
-    service, agent = outliers.trace_group(big)
+    big = max(halo, key=lambda t: features.trace_tokens(t) or 0)
+    assert features.trace_tokens(big) == sum(s.total_tokens or 0 for s in big.llm_spans) > 100_000
+    service, agent = features.trace_group(big)
     baseline = outliers.TrailingStats()
     for value in range(50):
         baseline.add((outliers.TOKENS, service, agent), 1000 + value)

@@ -15,8 +15,10 @@ MINUTE_NS = 60 * 10**9
 START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z, on a window boundary
 
 
-def agent_run(trace: int, end_ns: int, failing: bool, service: str = "shop") -> dict[str, Any]:
-    """OTLP/JSON of one run: an AGENT root and a `search` TOOL call (ERROR when failing)."""
+def agent_run(trace: int, end_ns: int, failing: bool, service: str = "shop",
+              duration_ns: int = 5000) -> dict[str, Any]:
+    """OTLP/JSON of one run: an AGENT root lasting `duration_ns` and a `search` TOOL call (ERROR when
+    failing)."""
     trace_id = f"{trace:032x}"
     tool: dict[str, Any] = {
         "traceId": trace_id, "spanId": f"{trace:08x}00000002", "parentSpanId": f"{trace:08x}00000001",
@@ -29,7 +31,7 @@ def agent_run(trace: int, end_ns: int, failing: bool, service: str = "shop") -> 
     if failing:
         tool["status"] = {"code": 2, "message": "index offline"}
     root = {"traceId": trace_id, "spanId": f"{trace:08x}00000001", "name": "run",
-            "startTimeUnixNano": str(end_ns - 5000), "endTimeUnixNano": str(end_ns),
+            "startTimeUnixNano": str(end_ns - duration_ns), "endTimeUnixNano": str(end_ns),
             "attributes": [{"key": "openinference.span.kind", "value": {"stringValue": "AGENT"}},
                            {"key": "output.value", "value": {"stringValue": "done"}}]}
     return {"resourceSpans": [{"resource": {"attributes": [{"key": "service.name",
@@ -121,3 +123,26 @@ def test_imported_runs_get_signals_windows_and_metrics_and_halod_itself_is_not_c
     assert after == before
     assert daemon.query("SELECT count(*) AS n FROM traces WHERE list_contains(services, 'halod')") == [{"n": 30}]
     assert daemon.query("SELECT count(*) AS n FROM signals WHERE service = 'halod'") == [{"n": 30}]
+
+
+def test_outlier_baselines_are_rebuilt_from_the_store_after_a_restart(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    # 60 runs of 4-6 us, imported by one embedded daemon; then a 60 us run imported by another process:
+    # it is judged against the 60 stored runs (min_samples is 50), not against an empty baseline.
+    daemon = make_daemon({"analysis": {"windows": {"size": "1m"}}}, start=False)
+    daemon.write_config()
+    usual = tmp_path / "usual.jsonl"
+    usual.write_text("".join(json.dumps(agent_run(n, START_NS + n * 10**9, False, duration_ns=4000 + 33 * n)) + "\n"
+                             for n in range(1, 61)))
+    assert daemon.cli("import", str(usual), timeout=120).returncode == 0
+    slow = tmp_path / "slow.jsonl"
+    slow.write_text(json.dumps(agent_run(99, START_NS + 99 * 10**9, False, duration_ns=60_000)) + "\n")
+    result = daemon.cli("import", str(slow), timeout=120)
+    assert result.returncode == 0, result.stderr
+    [found] = daemon.query("SELECT trace_id, details FROM signals WHERE signal = 'latency_outlier'")
+    assert found["trace_id"] == f"{99:032x}"
+    details = json.loads(found["details"])
+    assert details["samples"] == 60 and details["value"] == 60_000 and details["baseline_quantile"] == 4000 + 33 * 60
+    assert daemon.query(f"SELECT service, agent FROM traces WHERE trace_id = '{99:032x}'") == [
+        {"service": "shop", "agent": ""}]

@@ -16,6 +16,8 @@ import pytest
 from pydantic import ValidationError
 
 from halod.analysis.signals import (
+    _outputs,
+    _tools,
     invalid_tool_args,
     repeated_tool_call,
     text_tool_call,
@@ -341,9 +343,9 @@ def test_unknown_tool_real_calls_against_another_tool_set() -> None:
 def test_unknown_tool_on_halo_uses_agent_tools() -> None:
     halo = traces_of(*HALO)
     assert fired(unknown_tool, halo) == []  # the agent span says ["list_files", "read_file", "grep"]
-    declarations = [unknown_tool.Declarations(t, CTX) for t in halo]
+    declarations = [_tools.declarations(t, CTX) for t in halo]
     sources = {d.for_call(call).source for t, d in zip(halo, declarations, strict=True)  # type: ignore[union-attr]
-               for call in unknown_tool.tool_calls(t)}
+               for call in _tools.tool_calls(t)}
     assert sources == {"agent.tools"}
     # without agent.tools and with a configured list that lacks grep and read_file, those calls are unknown
     context = DetectContext(declared_tools={"list_files": {}})
@@ -781,20 +783,22 @@ def test_text_tool_call_is_silent_on_real_traces(traces: Any) -> None:
 
 
 def test_any_agent_requested_calls_are_read() -> None:
-    calls = [c for t in traces_of(*ANY_AGENT) for s in t.llm_spans for c in unknown_tool.requested_calls(s)]
+    calls = [c for t in traces_of(*ANY_AGENT) for s in t.llm_spans for c in _outputs.requested_calls(s)]
     assert {c.name for c in calls} >= {"get_current_time", "write_file"} and len(calls) >= 14
 
 
 def test_text_tool_call_on_real_spans_with_the_calls_stripped() -> None:
-    # Real airline LLM spans that called a tool, with their structured tool calls removed: what is left
-    # is output.value, the JSON text of the calls — exactly a call printed as text. Each is found.
+    # Real airline LLM spans that called a tool, with their structured tool calls removed and their output
+    # the first call as a model prints it, `{"name": ..., "arguments": ...}`: a call written as text. Each is found.
     source = airline()[0]
     stripped = []
     for s in source.spans:
-        if s.semantic_kind == "LLM" and unknown_tool.requested_calls(s):
-            attrs = {k: v for k, v in s.attrs.items() if ".tool_calls." not in k}
-            stripped.append(SpanView({**s.row, "attributes": orjson.dumps(attrs).decode()}))
-    expected = [json.loads(s.output_text)[0]["function"]["name"] for s in stripped]
+        if s.semantic_kind == "LLM" and _outputs.requested_calls(s):
+            attrs = {k: v for k, v in s.attrs.items() if ".tool_calls." not in k and k != "output.value"}
+            first = _outputs.requested_calls(s)[0]
+            printed = json.dumps({"name": first.name, "arguments": json.loads(first.arguments)})
+            stripped.append(SpanView({**s.row, "output_text": printed, "attributes": orjson.dumps(attrs).decode()}))
+    expected = [json.loads(s.output_text)["name"] for s in stripped]
     findings = run(text_tool_call, TraceSpans(source.trace_id, stripped))
     assert [f.tool for f in findings] == expected and len(findings) >= 3
     assert all(f.details["rule"] == "json" and f.details["declared"] for f in findings)

@@ -26,7 +26,7 @@ import pyarrow as pa
 from halod.analysis.config import AssemblyConfig
 
 
-@dataclass
+@dataclass(slots=True)
 class OpenTrace:
     trace_id: str
     first_arrival: float

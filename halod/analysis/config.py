@@ -23,8 +23,10 @@ class AssemblyConfig(StrictModel):
         description="A trace without a root (yet) is complete once no new span arrived for this long.",
     )
     max_open_traces: int = Field(
-        default=20_000, ge=1,
-        description="Traces held open at most; when full, the oldest is completed early (counted).",
+        default=100_000, ge=1,
+        description="Traces held open at most (about 400 bytes each: spans stay in the store); when full, the "
+        "oldest is completed early (counted). Every trace is open for at least wait_duration, so this bounds "
+        "the sustainable rate: 100,000 / 10 s = 10,000 traces/s.",
     )
     recent_completed: int = Field(
         default=100_000, ge=0,

@@ -32,7 +32,8 @@ from halod.analysis.assembly import Assembler, Completed
 from halod.analysis.config import AnalysisConfig
 from halod.analysis.evaluator import Evaluated, Evaluator, Item, evaluate_ipc, init_worker, to_ipc
 from halod.analysis.metrics import AnalysisMetrics
-from halod.analysis.signals import build_detectors
+from halod.analysis.signals import build_detectors, outliers
+from halod.analysis.trace import EVALUATED_COLUMNS
 from halod.analysis.triggers import Triggers, TripEvent
 from halod.analysis.windows import WindowClock, WindowStat, write_stats
 from halod.model import CommitEvent
@@ -41,7 +42,7 @@ from halod.telemetry import Telemetry
 
 CURSOR_KEY = "assembly.cursor"
 EVALUATION_BATCH = 2000  # traces read back, evaluated and written together
-SPAN_COLUMNS_SQL = "* EXCLUDE (source, ingest_seq, ingested_ns)"
+SPAN_COLUMNS_SQL = ", ".join(EVALUATED_COLUMNS)  # what detectors read, no more
 
 TRACES_SCHEMA = pa.schema([
     ("trace_id", pa.string()), ("services", pa.list_(pa.string())), ("agent_names", pa.list_(pa.string())),
@@ -52,7 +53,7 @@ TRACES_SCHEMA = pa.schema([
     ("completion_tokens", pa.int64()), ("total_tokens", pa.int64()), ("models", pa.list_(pa.string())),
     ("tools", pa.list_(pa.string())), ("outcome", pa.string()), ("signals", pa.list_(pa.string())),
     ("window_start_ns", pa.int64()), ("completed_ns", pa.int64()), ("completion", pa.string()),
-    ("evaluations", pa.int64()),
+    ("evaluations", pa.int64()), ("service", pa.string()), ("agent", pa.string()),
 ])
 SIGNALS_SCHEMA = pa.schema([
     ("trace_id", pa.string()), ("span_id", pa.string()), ("signal", pa.string()), ("severity", pa.string()),
@@ -73,8 +74,10 @@ class AnalysisStage:
         self.config = config
         self.store = store
         self.telemetry = telemetry
-        self.detector_names = [d.name for d in build_detectors(config.signals)]  # validates the settings now
-        self._evaluator = Evaluator(config) if config.evaluator == "thread" else None
+        detectors = build_detectors(config.signals)  # validates the settings now
+        self.detector_names = [d.name for d in detectors]
+        self._outliers = next((d for d in detectors if isinstance(d, outliers.Detector)), None)
+        self._evaluator: Evaluator | None = None
         self._pool: ProcessPoolExecutor | None = None
         self.assembler = Assembler(config.assembly)
         size_ns = int(config.windows.size * 1e9)
@@ -94,15 +97,20 @@ class AnalysisStage:
         self.assembler.last_seq = cursor
         self.assembler.recover(recovered)
         self.triggers.load(await asyncio.to_thread(self.store.read, self.triggers.state_reader))
+        history = (await asyncio.to_thread(self.store.read, outliers.history_reader(self._outliers.config.window))
+                   if self._outliers is not None else [])
         if self.config.evaluator == "process":
             # spawn, not fork: the daemon has threads (gRPC, the store writer) a fork would copy mid-state
             spawn = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(1, mp_context=spawn, initializer=init_worker,
-                                             initargs=(self.config.model_dump_json(), os.getpid()))
+                                             initargs=(self.config.model_dump_json(), os.getpid(), history))
+        else:
+            self._evaluator = Evaluator(self.config, history)
         self.store.subscribe(self.on_commit)
         self._task = asyncio.create_task(self._ticks(), name="halod-analysis")
         self.telemetry.log.info("analysis started", cursor=cursor, recovered_traces=len(recovered),
-                                detectors=self.detector_names, evaluator=self.config.evaluator)
+                                detectors=self.detector_names, evaluator=self.config.evaluator,
+                                baseline_traces=len(history))
 
     async def shutdown(self) -> None:
         if self._task is not None:
@@ -149,15 +157,23 @@ class AnalysisStage:
     # -- completing traces ----------------------------------------------------------------------------
 
     async def _complete(self, completed: list[Completed]) -> None:
-        """Evaluate and store the completed traces, `EVALUATION_BATCH` at a time (bounded memory). The
-        cursor stored with a batch stays below the spans of the batches not yet stored."""
-        for start in range(0, len(completed), EVALUATION_BATCH):
-            rest = completed[start + EVALUATION_BATCH:]
-            cursor = min([self.assembler.cursor(), *(c.trace.first_seq - 1 for c in rest)])
-            await self._complete_batch(completed[start:start + EVALUATION_BATCH], cursor)
+        """Evaluate and store the completed traces, `EVALUATION_BATCH` at a time (bounded memory),
+        pipelined: a batch is read back and evaluated while the one before it is written. Writes stay
+        in order, and the cursor stored with a batch stays below the spans of the batches not yet stored."""
+        writing: asyncio.Task[None] | None = None
+        try:
+            for start in range(0, len(completed), EVALUATION_BATCH):
+                batch, rest = completed[start:start + EVALUATION_BATCH], completed[start + EVALUATION_BATCH:]
+                cursor = min([self.assembler.cursor(), *(c.trace.first_seq - 1 for c in rest)])
+                views = await self._evaluate(batch)
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(self._store(batch, views, cursor))
+        finally:
+            if writing is not None:
+                await writing
 
-    async def _complete_batch(self, completed: list[Completed], cursor: int) -> None:
-        views = await self._evaluate(completed)
+    async def _store(self, completed: list[Completed], views: Evaluated, cursor: int) -> None:
         now = time.monotonic()
         late_windows = set()
         for row in views.traces:

@@ -186,6 +186,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "COMMENT ON TABLE trips IS 'trigger rules that tripped, each asking for an analysis of its window'",
         ),
     ),
+    Migration(
+        5,
+        "traces: the (service, agent) group a trace belongs to (outlier baselines are rebuilt from it at start)",
+        (
+            "ALTER TABLE traces ADD COLUMN service VARCHAR",
+            "ALTER TABLE traces ADD COLUMN agent VARCHAR",
+        ),
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -17,16 +17,23 @@ deterministic.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from fnmatch import translate
 from typing import Annotated, Any, Literal, Protocol
 
+import orjson
 from pydantic import AfterValidator
 
 from halod.analysis.trace import SpanView, TraceSpans
 
 Severity = Literal["info", "warning", "error"]
+
+MAX_SCAN_CHARS = 65536
+"""The longest trace text (arguments, results, outputs) a detector parses or scans."""
+_EXCERPT = 200
 
 
 def check_patterns(patterns: Iterable[str]) -> None:
@@ -46,6 +53,68 @@ def _checked_list(patterns: list[str]) -> list[str]:
 def _checked_map(patterns: dict[str, str]) -> dict[str, str]:
     check_patterns(patterns.values())
     return patterns
+
+
+def compile_any(patterns: list[str]) -> re.Pattern[str]:
+    """One case-insensitive regex matching any of `patterns` (which must be valid regexes)."""
+    if not patterns:
+        return re.compile(r"(?!x)x")  # matches nothing
+    return re.compile("|".join(f"(?:{pattern})" for pattern in patterns), re.IGNORECASE)
+
+
+def compile_named(patterns: dict[str, str]) -> list[tuple[str, re.Pattern[str]]]:
+    """Named case-insensitive regexes, in order (for `first_match`)."""
+    return [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in patterns.items()]
+
+
+def first_match(patterns: Iterable[tuple[str, re.Pattern[str]]], text: str) -> str | None:
+    """The name of the first pattern found in `text`."""
+    for name, pattern in patterns:
+        if pattern.search(text):
+            return name
+    return None
+
+
+def glob_matcher(globs: list[str]) -> re.Pattern[str]:
+    """One case-insensitive regex for shell-style name patterns: `.match(name)` tells if any matches."""
+    if not globs:
+        return re.compile(r"(?!x)x")
+    return re.compile("|".join(f"(?:{translate(glob)})" for glob in globs), re.IGNORECASE)
+
+
+class _NotJson:
+    """Marker: the text is not JSON (or too long to parse)."""
+
+    def __repr__(self) -> str:
+        return "NOT_JSON"
+
+
+NOT_JSON: Any = _NotJson()
+
+
+def parse_json(value: Any, limit: int = MAX_SCAN_CHARS) -> Any:
+    """The JSON value of `value` when it is JSON text (at most `limit` characters), `NOT_JSON` when it
+    is text that does not parse or is too long; a non-text value is returned as it is (attributes can
+    already be structured). Never evaluates anything: orjson, then the standard library for what
+    orjson refuses but JSON allows (integers beyond 64 bits)."""
+    if not isinstance(value, str):
+        return value
+    if len(value) > limit:
+        return NOT_JSON
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return NOT_JSON
+
+
+def excerpt(value: Any, length: int = _EXCERPT) -> str:
+    """A short, single-value excerpt of a trace string for finding details."""
+    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    return text if len(text) <= length else text[:length] + "…"
 
 
 # Config field types of detectors' regular expressions: a list, or a map of named patterns (the

@@ -2,11 +2,11 @@
 
 Rule (severity `warning`), first of these that finds anything:
 
-1. **tool**: every TOOL span whose tool name (`tool_name`, else the span name) matches `tool_names`
+1. **tool**: every TOOL span whose tool name (`_outputs.tool_name_of`) matches `tool_names`
    (shell-style patterns, case-insensitive) is one finding at that span, `tool` = its name,
    `details = {via: "tool"}`;
 2. **requested**: when no such TOOL span exists (tool executions not traced), every matching tool
-   call requested by an LLM span (see `no_final_answer.requested_tools`) is one finding at that LLM
+   call requested by an LLM span (`_outputs.model_output`) is one finding at that LLM
    span, `details = {via: "tool_call"}`;
 3. **text**: when neither exists, the first LLM output whose first `scan_chars` characters match
    `phrases` (regexes, case-sensitive like `refusal`'s) is one finding at that span, `details = {via: "text",
@@ -32,8 +32,8 @@ import re
 
 from pydantic import Field
 
-from halod.analysis.signals._outputs import glob_matcher, llm_text, requested_tools, tool_name_of
-from halod.analysis.signals.base import DetectContext, Finding, Patterns
+from halod.analysis.signals._outputs import llm_text, requested_tools, tool_name_of
+from halod.analysis.signals.base import DetectContext, Finding, Patterns, glob_matcher
 from halod.analysis.trace import SpanView, TraceSpans
 from halod.security import StrictModel
 
@@ -85,7 +85,7 @@ class Detector:
         findings = []
         for span in trace.tool_spans:
             name = tool_name_of(span)
-            if self._tools.match(name):
+            if name is not None and self._tools.match(name):
                 findings.append(Finding.at(self.name, "warning", span, tool=name, via="tool"))
         if findings:
             return findings

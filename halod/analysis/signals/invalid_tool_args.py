@@ -1,9 +1,9 @@
 """`invalid_tool_args`: tool-call arguments that are not valid JSON or that violate the JSON schema
 declared for the tool.
 
-**Rule.** For every tool call of the trace (`unknown_tool.tool_calls`: TOOL spans, and requested calls
-no TOOL span ran), with the declared tool set resolved as for `unknown_tool` (the requesting LLM
-span's `llm.tools` / `gen_ai.tool.definitions`, an ancestor's `agent.tools`, `context.declared_tools`):
+**Rule.** For every tool call of the trace (`_tools.tool_calls`: TOOL spans, and requested calls no
+TOOL span ran), with its declared tool set (`_tools.declarations`: the requesting LLM span's
+`llm.tools` / `gen_ai.tool.definitions`, an ancestor's `agent.tools`, `context.declared_tools`):
 - the arguments judged are the TOOL span's non-blank `tool_arguments` (what the tool received),
   else the arguments the LLM span requested; when the TOOL span's are not JSON but requested ones
   exist, the requested ones (a TOOL span may record its input as rendered text). Blank text counts
@@ -52,8 +52,8 @@ from typing import Any
 
 from pydantic import Field
 
-from halod.analysis.signals.base import DetectContext, Finding, Severity
-from halod.analysis.signals.unknown_tool import NOT_JSON, Declarations, ToolCall, excerpt, parse_json, tool_calls
+from halod.analysis.signals._tools import Declarations, ToolCall, declarations, tool_calls
+from halod.analysis.signals.base import NOT_JSON, DetectContext, Finding, Severity, excerpt, parse_json
 from halod.analysis.trace import TraceSpans
 from halod.security import StrictModel
 
@@ -240,12 +240,12 @@ class Detector:
     def detect(self, trace: TraceSpans, context: DetectContext) -> list[Finding]:
         if not self.config.enabled:
             return []
-        declarations = Declarations(trace, context, self.config.use_agent_tools)
+        declared_sets = declarations(trace, context, self.config.use_agent_tools)
         findings: list[Finding] = []
         for call in tool_calls(trace):
             if call.name in self._ignore:
                 continue
-            arguments, violations = self._violations(call, declarations)
+            arguments, violations = self._violations(call, declared_sets)
             if violations:
                 severity: Severity = "warning" if all(v.strict_only for v in violations) else "error"
                 findings.append(Finding.at(
@@ -255,9 +255,9 @@ class Detector:
                 ))
         return findings
 
-    def _violations(self, call: ToolCall, declarations: Declarations) -> tuple[Any, list[Violation]]:
+    def _violations(self, call: ToolCall, declared_sets: Declarations) -> tuple[Any, list[Violation]]:
         """(the arguments judged, their violations)."""
-        declared = declarations.for_call(call)
+        declared = declared_sets.for_call(call)
         schema = declared.tools.get(call.name) if declared is not None else None
         executed = call.arguments if call.executed else None
         if isinstance(executed, str) and not executed.strip():

@@ -35,8 +35,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from halod.analysis.signals._outputs import column, compile_patterns
-from halod.analysis.signals.base import DetectContext, Finding, check_patterns
+from halod.analysis.signals.base import DetectContext, Finding, check_patterns, compile_any
 from halod.analysis.trace import SpanView, TraceSpans
 from halod.security import StrictModel
 
@@ -84,7 +83,7 @@ class Detector:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         self._kinds = frozenset(self.config.span_kinds)
-        self._classes = [(name, compile_patterns(patterns)) for name, patterns in self.config.classes.items()]
+        self._classes = [(name, compile_any(patterns)) for name, patterns in self.config.classes.items()]
 
     def detect(self, trace: TraceSpans, context: DetectContext) -> list[Finding]:
         if not self.config.enabled:
@@ -108,9 +107,9 @@ class Detector:
         """The error texts of a failed span (and its first exception type), None when it did not fail."""
         limit = self.config.max_chars
         failed = span.is_error
-        texts = [_text(column(span, "status_message"), limit)]
+        texts = [_text(span.status_message, limit)]
         exception_type = None
-        raw_events = column(span, "events")
+        raw_events = span.events
         if isinstance(raw_events, str) and '"exception' in raw_events:
             for event in span.event_list:
                 if not isinstance(event, dict) or event.get("name") != "exception":

@@ -4,14 +4,11 @@ Rule (traces with no LLM span are never judged; LLM spans are `semantic_kind == 
 
 1. **ended on a tool call** (`details.reason = "ended_on_tool_call"`): after the last LLM call (the
    LLM span that started last) there is a TOOL span that started later, or, when no TOOL span
-   follows, the last LLM call itself requested tool calls (OpenInference
-   `llm.output_messages.N.message.tool_calls.M.tool_call.function.name`, or tool calls in its
-   output JSON: OpenAI `{function: {name}}`, GenAI `parts[{type: tool_call, name}]`, Anthropic
-   `tool_use`, any-agent `{"tool.name": ...}`). Silent when one of those ending tools is a
-   final-answer tool (`final_tools`, shell-style patterns, case-insensitive: smolagents
-   `final_answer`, any-agent `final_output`, Pydantic AI `final_result`, ...): the answer was
-   delivered through the tool. The evidence span is the last TOOL span (else the last LLM span);
-   `tool` is the ending tool.
+   follows, the last LLM call itself requested tool calls (`_outputs.model_output`). Silent when
+   one of those ending tools is a final-answer tool (`final_tools`, shell-style patterns,
+   case-insensitive: smolagents `final_answer`, any-agent `final_output`, Pydantic AI
+   `final_result`, ...): the answer was delivered through the tool. The evidence span is the last
+   TOOL span (else the last LLM span); `tool` is the ending tool.
 2. **empty final output** (`details.reason = "empty_output"`): otherwise, the root span has no
    output (`output_text` empty and none of `final_output_keys` set) and the last LLM call wrote no
    text (tool-call JSON is not text). Silent when no LLM span of the trace records any output at
@@ -37,8 +34,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from halod.analysis.signals._outputs import column, ending, glob_matcher, llm_text, records_output
-from halod.analysis.signals.base import DetectContext, Finding
+from halod.analysis.signals._outputs import ending, llm_text, records_output
+from halod.analysis.signals.base import DetectContext, Finding, glob_matcher
 from halod.analysis.trace import TraceSpans
 from halod.security import StrictModel
 
@@ -95,7 +92,7 @@ class Detector:
         root = trace.root
         if root is None:
             return False
-        output = column(root, "output_text")
+        output = root.output_text
         if isinstance(output, str) and output.strip():
             return True
         return any(root.get(key) not in (None, "") for key in self.config.final_output_keys)

@@ -1,16 +1,17 @@
 """`latency_outlier` and `token_outlier`: a trace far above the recent traces of its service and agent.
 
-Values, per trace:
+Values, per trace (the `duration_ns` and `total_tokens` of its row in the `traces` table):
 - duration (`latency_outlier`, nanoseconds): the root span's `duration_ns`; without a root (or
   without its duration), the trace's last span end minus its first span start;
 - tokens (`token_outlier`): the sum over LLM spans of `total_tokens`, else `prompt_tokens +
   completion_tokens` (either alone when only one is known); a trace with no token count on any
   LLM span has no token value and is not judged.
 
-Group: `(service, agent)` = the root's `service_name` (else the trace's first service, else
-`unknown_service`) and the root's `agent_name` (else the first non-empty `agent_name` of its spans
-in start order, else ""). The baseline of a signal is `context.baselines[(signal, service, agent)]`:
-the sorted recent values of that group, which the signal stage maintains with `TrailingStats` below.
+Group: `(service, agent)` (the `service` and `agent` of the trace's row) = the root's `service_name`
+(else the trace's first service, else `unknown_service`) and the root's `agent_name` (else the first
+non-empty `agent_name` of its spans in start order, else ""). The baseline of a signal is
+`context.baselines[(signal, service, agent)]`: the sorted recent values of that group, which the
+signal stage maintains with `TrailingStats` below.
 
 Rule: with `n = len(baseline) >= min_samples` (default 50), let `p = quantile(baseline, quantile)`
 (default 0.99, nearest rank: the `ceil(q * n)`-th smallest value). The trace fires when `p > 0` and
@@ -21,6 +22,9 @@ Fewer than `min_samples` values, or a baseline of zeros: silent.
 Order (the stage's contract): run `detect` first, then feed the trace's values with
 `stats.add_trace(trace)` (or `add` each of `observations(trace)`), so a trace is never compared with
 a baseline that already contains it. A re-evaluated (late) trace should not be added a second time.
+At start the stage rebuilds the baselines from the stored traces (`history_reader`: the last
+`window` traces of each group, at most 200,000 in all, oldest first), so a restart, even after
+kill -9, keeps them.
 
 `TrailingStats(window=1000, max_keys=10000)` keeps, per key, the last `window` values (a FIFO) and
 the same values sorted (insert and evict by bisection, O(window) per add at worst); at most
@@ -41,18 +45,20 @@ from __future__ import annotations
 import bisect
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
+import duckdb
 from pydantic import Field
 
-from halod.analysis.signals._outputs import column
+from halod.analysis.features import UNKNOWN_SERVICE, trace_duration_ns, trace_group, trace_tokens
 from halod.analysis.signals.base import DetectContext, Finding
 from halod.analysis.trace import TraceSpans
 from halod.security import StrictModel
 
 LATENCY = "latency_outlier"
 TOKENS = "token_outlier"
-UNKNOWN_SERVICE = "unknown_service"
 Key = tuple[str, str, str]
+Row = tuple[str, str, int | None, int | None]
 
 
 class Config(StrictModel):
@@ -72,52 +78,40 @@ def quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(n - 1, max(0, math.ceil(q * n) - 1))]
 
 
-def trace_group(trace: TraceSpans) -> tuple[str, str]:
-    """(service, agent) of a trace, as the baselines are keyed."""
-    root = trace.root
-    service = column(root, "service_name") if root is not None else None
-    if not service:
-        service = trace.services[0] if trace.services else UNKNOWN_SERVICE
-    agent = column(root, "agent_name") if root is not None else None
-    if not agent:
-        agent = next((span.agent_name for span in trace.spans if column(span, "agent_name")), "")
-    return str(service), str(agent)
-
-
-def trace_duration_ns(trace: TraceSpans) -> float | None:
-    root = trace.root
-    duration = column(root, "duration_ns") if root is not None else None
-    if isinstance(duration, int) and duration >= 0:
-        return float(duration)
-    if not trace.spans:
-        return None
-    return float(max(0, trace.end_ns - trace.start_ns))
-
-
-def trace_tokens(trace: TraceSpans) -> float | None:
-    total = 0
-    seen = False
-    for span in trace.llm_spans:
-        tokens = column(span, "total_tokens")
-        if tokens is None:
-            prompt, completion = column(span, "prompt_tokens"), column(span, "completion_tokens")
-            if prompt is None and completion is None:
-                continue
-            tokens = (prompt or 0) + (completion or 0)
-        total += tokens
-        seen = True
-    return float(total) if seen else None
-
-
 def observations(trace: TraceSpans, latency: bool = True, tokens: bool = True) -> list[tuple[Key, float]]:
     """The (baseline key, value) pairs this trace contributes."""
     service, agent = trace_group(trace)
+    return observed(service, agent, trace_duration_ns(trace), trace_tokens(trace), latency, tokens)
+
+
+def observed(service: str, agent: str, duration_ns: int | None, token_count: int | None, latency: bool = True,
+             tokens: bool = True) -> list[tuple[Key, float]]:
+    """The (baseline key, value) pairs of a trace's group and values (as the `traces` table stores them)."""
     values: list[tuple[Key, float]] = []
-    if latency and (duration := trace_duration_ns(trace)) is not None:
-        values.append(((LATENCY, service, agent), duration))
-    if tokens and (count := trace_tokens(trace)) is not None:
-        values.append(((TOKENS, service, agent), count))
+    if latency and duration_ns is not None:
+        values.append(((LATENCY, service, agent), float(duration_ns)))
+    if tokens and token_count is not None:
+        values.append(((TOKENS, service, agent), float(token_count)))
     return values
+
+
+HISTORY_LIMIT = 200_000
+"""The most stored traces a restart rebuilds baselines from (the most recent ones)."""
+
+
+def history_reader(window: int, limit: int = HISTORY_LIMIT) -> Callable[[duckdb.DuckDBPyConnection], list[Row]]:
+    """Reads the stored traces that rebuild the baselines at start: the last `window` of each group (by
+    end time, at most `limit` in all), oldest first, as (service, agent, duration_ns, total_tokens).
+    Rows from before schema 5 have no group: it is read from their service and agent lists."""
+    def read(con: duckdb.DuckDBPyConnection) -> list[Row]:
+        return con.execute(
+            "SELECT service, agent, duration_ns, total_tokens FROM ("
+            "  SELECT coalesce(service, services[1], ?) AS service, coalesce(agent, agent_names[1], '') AS agent,"
+            "         duration_ns, total_tokens, end_ns FROM traces"
+            "  QUALIFY row_number() OVER (PARTITION BY 1, 2 ORDER BY end_ns DESC) <= ?"
+            "  ORDER BY end_ns DESC LIMIT ?"
+            ") ORDER BY end_ns", [UNKNOWN_SERVICE, window, limit]).fetchall()
+    return read
 
 
 class TrailingStats:
@@ -186,6 +180,11 @@ class Detector:
 
     def observations(self, trace: TraceSpans) -> list[tuple[Key, float]]:
         return observations(trace, self.config.latency, self.config.tokens)
+
+    def history(self, rows: list[Row]) -> list[tuple[Key, float]]:
+        """The observations of stored traces (`history_reader`), to rebuild the baselines at start."""
+        config = self.config
+        return [pair for row in rows for pair in observed(*row, latency=config.latency, tokens=config.tokens)]
 
     def detect(self, trace: TraceSpans, context: DetectContext) -> list[Finding]:
         config = self.config

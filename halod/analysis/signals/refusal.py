@@ -1,7 +1,7 @@
 """`refusal` and `refusal_loop`: the model declined.
 
 Rule: for every LLM span (`semantic_kind == "LLM"`, in start order), take the text the model wrote
-(message contents; tool-call JSON is not text; see `no_final_answer.llm_text`), keep its first
+(`_outputs.model_output`: message contents; tool calls are not text), keep its first
 `scan_chars` characters (default 300, so a refusal quoted deep inside a long answer does not count),
 turn typographic apostrophes into `'` and search it with `patterns` (regexes, case-sensitive: the
 defaults match how models write, "I'm sorry, but I can't", "Unfortunately, I cannot"; prefix a

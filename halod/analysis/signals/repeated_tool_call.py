@@ -1,7 +1,7 @@
 """`repeated_tool_call`: the same tool called again with the same arguments in one trace (a redundant
 call: its answer was already there).
 
-**Rule.** Over the trace's tool calls in start-time order (`unknown_tool.tool_calls`: TOOL spans, and
+**Rule.** Over the trace's tool calls in start-time order (`_tools.tool_calls`: TOOL spans, and
 requested calls no TOOL span ran), a call's key is its tool name and its *normalized arguments*: JSON
 arguments parsed and re-serialized compactly with sorted keys (so key order and whitespace do not
 matter; `1` and `1.0` stay different), empty or blank arguments as `{}`, other text stripped of
@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 from pydantic import Field
 
-from halod.analysis.signals.base import DetectContext, Finding
-from halod.analysis.signals.unknown_tool import NOT_JSON, excerpt, parse_json, tool_calls
+from halod.analysis.signals._tools import tool_calls
+from halod.analysis.signals.base import NOT_JSON, DetectContext, Finding, excerpt, parse_json
 from halod.analysis.trace import TraceSpans
 from halod.security import StrictModel
 

@@ -9,7 +9,8 @@ Rule: one finding per trace (severity `error`), at the first place (in this orde
    spans (LangChain's AgentExecutor returns "Agent stopped due to iteration limit or time limit."
    as its output) match `patterns` (`details.source = "output"`); LLM and TOOL outputs are not
    read (a model or a tool may talk about limits). As a cheap pre-check, an output is searched only
-   when it contains one of `output_keywords` (default max, limit, recursion, iteration, step, turn);
+   when it contains one of `output_keywords` (default max, limit, recursion, iteration: every default
+   pattern contains one);
 3. **outcome**: a root attribute named in `outcome_keys` (e.g. `outcome.ended_by`,
    `outcome.stop_reason`) has a value matching `patterns` or `outcome_values`
    (`details.source = "outcome"`);
@@ -46,7 +47,7 @@ from typing import Any
 
 from pydantic import Field
 
-from halod.analysis.signals._outputs import column, compile_patterns, ending
+from halod.analysis.signals._outputs import ending
 from halod.analysis.signals.base import DetectContext, Finding, Patterns
 from halod.analysis.trace import SpanView, TraceSpans
 from halod.security import StrictModel
@@ -89,9 +90,10 @@ class Config(StrictModel):
         description="Values of those attributes (exact, case-insensitive) that mean a limit ended the run.",
     )
     output_keywords: list[str] = Field(
-        default_factory=lambda: ["max", "limit", "recursion", "iteration", "step", "turn"],
+        default_factory=lambda: ["max", "limit", "recursion", "iteration"],
         description="Outputs are searched only when they contain one of these (case-insensitive substrings; a "
-        "cheap pre-check). [] searches every output.",
+        "cheap pre-check: every default pattern contains one). Add one for an extra pattern that contains none; "
+        "[] searches every output.",
     )
     scan_chars: int = Field(default=300, ge=1, le=100_000, description="Characters of each output searched.")
     max_chars: int = Field(default=2000, ge=1, le=100_000, description="Characters of each error text searched.")
@@ -115,16 +117,15 @@ class Detector:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         patterns = [*self.config.patterns, *self.config.extra_patterns]
+        # One by one: faster than a single alternation of them all (measured), and names the match.
         self._patterns = [re.compile(p, re.IGNORECASE) for p in patterns]
-        self._any = compile_patterns(patterns)  # one pass; the single patterns only name a match
         self._values = {value.lower() for value in self.config.outcome_values}
         self._keywords = [keyword.lower() for keyword in self.config.output_keywords]
 
     def _match(self, text: str) -> str | None:
-        if text and self._any.search(text):
-            for pattern in self._patterns:
-                if pattern.search(text):
-                    return pattern.pattern
+        for pattern in self._patterns:
+            if pattern.search(text):
+                return pattern.pattern
         return None
 
     def _found(self, span: SpanView | None, source: str, pattern: str, text: str) -> list[Finding]:
@@ -142,7 +143,7 @@ class Detector:
         root = trace.root
         for span in trace.spans:
             if span is root or span.semantic_kind in ("AGENT", "CHAIN"):
-                text = _text(column(span, "output_text"), config.scan_chars)
+                text = _text(span.output_text, config.scan_chars)
                 if self._keywords and not any(keyword in text.lower() for keyword in self._keywords):
                     continue
                 pattern = self._match(text)
@@ -168,8 +169,8 @@ class Detector:
         limit = self.config.max_chars
         texts = []
         if span.is_error:
-            texts.append(_text(column(span, "status_message"), limit))
-        raw_events = column(span, "events")
+            texts.append(_text(span.status_message, limit))
+        raw_events = span.events
         if isinstance(raw_events, str) and '"exception' in raw_events:
             for event in span.event_list:
                 if not isinstance(event, dict) or event.get("name") != "exception":

@@ -1,11 +1,9 @@
 """`text_tool_call`: the model wrote a tool call as text instead of calling the tool (small local
 models do this routinely: the call never runs and the agent stalls or answers with JSON).
 
-**Rule.** For every LLM span that requested no tool call (none of the attributes read by
-`unknown_tool.requested_calls`), its output text is read: the `llm.output_messages.N.message.content`
-(and `...contents.M.message_content.text`) values joined, else the text parts of
-`gen_ai.output.messages`, else `output_text`; only the first 65536 characters. One `text_tool_call`
-finding (severity `error`) for the span when either
+**Rule.** For every LLM span that requested no tool call, its output text is read (both as
+`_outputs.model_output` describes); only the first 65536 characters. One `text_tool_call` finding
+(severity `error`) for the span when either
 - `tag`: a pattern of `tag_patterns` matches (case-insensitive): the tool-call markup of chat
   templates — `<tool_call>` (Hermes, Qwen, SmolLM), `<function_call>` / `<functioncall>` /
   `<function_calls>`, Mistral's `[TOOL_CALLS]`, Llama's `<|python_tag|>`, DeepSeek's
@@ -13,13 +11,13 @@ finding (severity `error`) for the span when either
 - `json`: a JSON object in the text (found by decoding at each `{`, at most `max_json_attempts`
   tries; so fenced ```json blocks and JSON embedded in prose count) has a tool-call shape: a key of
   `name_keys` (`name`, `tool`, `tool_name`, `function`, `action`) whose value is
-  - a declared tool name, when the span has a declared tool set (resolved as for `unknown_tool`), or
+  - a declared tool name, when the span has a declared tool set (`_tools.declarations`), or
   - when no tool set is declared, an identifier-like string (`[A-Za-z_][A-Za-z0-9_.-]{0,63}`) in an
     object that also has a key of `argument_keys` (`arguments`, `parameters`, `args`, `action_input`,
     `input`, `tool_input`);
   or such an object under `function` / `tool_call` / `function_call`, or in a `tool_calls` list.
 With `skip_when_executed`, a span is not reported when a TOOL span requested by it (see
-`unknown_tool.tool_calls`) ran the tool the text names: the framework parses text calls by design
+`_tools.tool_calls`) ran the tool the text names: the framework parses text calls by design
 (ReAct/JSON agents). `tool` is the tool named (None for a bare tag); details: `rule`, `pattern` (for
 a tag), `declared` (whether a declared set decided) and an `excerpt` of the text from the match.
 
@@ -42,17 +40,10 @@ from typing import Any
 
 from pydantic import Field
 
-from halod.analysis.signals.base import DetectContext, Finding, NamedPatterns
-from halod.analysis.signals.unknown_tool import (
-    MAX_SCAN_CHARS,
-    Declarations,
-    compile_patterns,
-    excerpt,
-    parse_json,
-    requested_calls,
-    tool_calls,
-)
-from halod.analysis.trace import SpanView, TraceSpans
+from halod.analysis.signals._outputs import model_output
+from halod.analysis.signals._tools import declarations, tool_calls
+from halod.analysis.signals.base import MAX_SCAN_CHARS, DetectContext, Finding, NamedPatterns, compile_named, excerpt
+from halod.analysis.trace import TraceSpans
 from halod.security import StrictModel
 
 SIGNAL = "text_tool_call"
@@ -95,48 +86,6 @@ class Config(StrictModel):
 
 
 
-def llm_output_text(span: SpanView, limit: int = MAX_SCAN_CHARS) -> str:
-    """The text an LLM span produced (see the module docstring), at most `limit` characters."""
-    attrs = span.attrs
-    pieces: list[str] = []
-    for message in range(16):
-        prefix = f"llm.output_messages.{message}.message."
-        content = attrs.get(prefix + "content")
-        if isinstance(content, str):
-            pieces.append(content[:limit])
-        for part in range(256):
-            text = attrs.get(f"{prefix}contents.{part}.message_content.text")
-            if text is None:
-                break
-            if isinstance(text, str):
-                pieces.append(text[:limit])
-        if content is None and prefix + "role" not in attrs and part == 0:
-            break
-    if not pieces:
-        messages = span.get("gen_ai.output.messages")
-        if messages is not None:
-            pieces = _genai_texts(parse_json(messages))
-    if not pieces and isinstance(span.output_text, str):
-        pieces = [span.output_text[:limit]]
-    return "\n".join(pieces)[:limit]
-
-
-def _genai_texts(messages: Any) -> list[str]:
-    if isinstance(messages, dict):
-        messages = [messages]
-    texts: list[str] = []
-    for message in messages[:64] if isinstance(messages, list) else ():
-        if not isinstance(message, dict):
-            continue
-        parts = message.get("parts")
-        for part in parts[:256] if isinstance(parts, list) else ():
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("content"), str):
-                texts.append(part["content"])
-        if isinstance(message.get("content"), str):
-            texts.append(message["content"])
-    return texts
-
-
 class Detector:
     """`text_tool_call` (module docstring)."""
 
@@ -144,28 +93,26 @@ class Detector:
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
-        self._tags = compile_patterns(self.config.tag_patterns)
+        self._tags = compile_named(self.config.tag_patterns)
         self._name_keys = list(self.config.name_keys)
         self._argument_keys = list(self.config.argument_keys)
 
     def detect(self, trace: TraceSpans, context: DetectContext) -> list[Finding]:
         if not self.config.enabled:
             return []
-        declarations: Declarations | None = None
         executed: dict[str, set[str]] | None = None
         findings: list[Finding] = []
         for span in trace.llm_spans:
-            if requested_calls(span):
+            output = model_output(span)
+            if output.calls:
                 continue
-            text = llm_output_text(span)
+            text = output.text[:MAX_SCAN_CHARS]
             if not text:
                 continue
             tag = self._tag(text)
             if tag is None and "{" not in text:
                 continue
-            if declarations is None:
-                declarations = Declarations(trace, context, self.config.use_agent_tools)
-            declared = declarations.for_span(span, span)
+            declared = declarations(trace, context, self.config.use_agent_tools).for_span(span, span)
             names = frozenset(declared.tools) if declared is not None else None
             details: dict[str, Any]
             tool: str | None = None

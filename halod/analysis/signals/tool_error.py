@@ -42,14 +42,17 @@ from typing import Any
 
 from pydantic import Field
 
-from halod.analysis.signals.base import DetectContext, Finding, NamedPatterns
-from halod.analysis.signals.unknown_tool import (
+from halod.analysis.signals._outputs import tool_name_of
+from halod.analysis.signals.base import (
     MAX_SCAN_CHARS,
     NOT_JSON,
-    compile_patterns,
+    DetectContext,
+    Finding,
+    NamedPatterns,
+    compile_named,
     excerpt,
+    first_match,
     parse_json,
-    tool_name_of,
 )
 from halod.analysis.trace import SpanView, TraceSpans
 from halod.security import StrictModel
@@ -117,7 +120,7 @@ class Detector:
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
-        self._patterns = compile_patterns(self.config.patterns)
+        self._patterns = compile_named(self.config.patterns)
         self._ignore = frozenset(self.config.ignore_tools)
 
     def detect(self, trace: TraceSpans, context: DetectContext) -> list[Finding]:
@@ -147,11 +150,9 @@ class Detector:
         pattern: str | None = None
         if text:
             head = text[: config.scan_chars]
-            for name, regex in self._patterns:
-                if regex.search(head):
-                    pattern = name
-                    rules.append(name)
-                    break
+            pattern = first_match(self._patterns, head)
+            if pattern is not None:
+                rules.append(pattern)
             if self._json_error(text):
                 rules.append("json_error")
         if not rules:

@@ -1,6 +1,6 @@
 """`tool_loop`: the agent keeps calling the same tool, or goes round the same short cycle of tools.
 
-**Rule.** The trace's tool calls in start-time order (`unknown_tool.tool_calls`), without the tools in
+**Rule.** The trace's tool calls in start-time order (`_tools.tool_calls`), without the tools in
 `ignore_tools`, become *steps*: with `count_parallel_as_one`, consecutive calls of the same tool
 requested by the same LLM span (one model response fanning out in parallel) form one step; otherwise
 each call is a step. Then, one `tool_loop` finding (severity `warning`) per loop:
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 
 from pydantic import Field
 
+from halod.analysis.signals._tools import ToolCall, tool_calls
 from halod.analysis.signals.base import DetectContext, Finding
 from halod.analysis.signals.repeated_tool_call import normalized_arguments
-from halod.analysis.signals.unknown_tool import ToolCall, tool_calls
 from halod.analysis.trace import TraceSpans
 from halod.security import StrictModel
 
