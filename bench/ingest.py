@@ -529,6 +529,7 @@ def run(args: argparse.Namespace, pool: RequestPool) -> dict[str, Any]:
             if args.analysis:
                 samples["traces_from"] = halod.metric_total("halod_traces_completed_total")
                 samples["evicted_from"] = halod.metric_total("halod_traces_completed_total", 'completion="evicted"')
+                samples["open_from"] = halod.metric_total("halod_open_traces")
             time.sleep(max(0.0, measure_to - time.monotonic()))
             samples["to"], samples["machine_to"] = halod.cpu_seconds(), machine_busy_seconds()
             if args.analysis:
@@ -605,6 +606,9 @@ def run(args: argparse.Namespace, pool: RequestPool) -> dict[str, Any]:
         "traces_evicted_per_s": round((samples.get("evicted_to", 0.0) - samples.get("evicted_from", 0.0))
                                       / args.duration, 1),
         "open_traces_at_end": samples.get("open_traces"),
+        # Open traces grow by this much a second when the analysis falls behind; ~0 when it keeps up.
+        "open_traces_growth_per_s": round((samples.get("open_traces", 0.0) - samples.get("open_from", 0.0))
+                                          / args.duration, 1),
     }
 
 
@@ -630,7 +634,8 @@ def print_report(result: dict[str, Any]) -> None:
     if r["analysis"]:
         print(f"  analysis (all detectors) {r['traces_completed_per_s']:>9,} traces/s completed and evaluated "
               f"({r['traces_evicted_per_s']:,} of them early, evicted); {r['traces_arrived_per_s']:,} traces/s "
-              f"arrived; {r['open_traces_at_end']:,.0f} open at the end of the window")
+              f"arrived; {r['open_traces_at_end']:,.0f} open at the end of the window "
+              f"({r['open_traces_growth_per_s']:+,.0f}/s over it)")
     if r["failed_requests"]:
         print(f"  failed requests         {r['failed_requests']}")
     check = "OK" if r["stored_equals_acked"] else "MISMATCH"

@@ -39,7 +39,8 @@ def main(argv: list[str]) -> int:
     analysis = results[True]
     print(f"\nwith analysis: {full:,} vs {spine:,} spans/s acknowledged ({full / spine:.0%} of the spine; "
           f"the bar is 67%); {analysis['traces_completed_per_s']:,} traces/s evaluated of "
-          f"{analysis['traces_arrived_per_s']:,} arriving, {analysis['traces_evicted_per_s']:,}/s completed early")
+          f"{analysis['traces_arrived_per_s']:,} arriving, {analysis['traces_evicted_per_s']:,}/s completed early, "
+          f"open traces {analysis['open_traces_growth_per_s']:+,}/s")
     return 0
 
 
