@@ -3,6 +3,8 @@ late spans, restart recovery and kill -9, all through OTLP/HTTP and the real sto
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import urllib.request
 from collections.abc import Callable
@@ -135,6 +137,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def evaluation_workers(pid: int) -> list[int]:
+    """The evaluation worker processes of the daemon `pid` (multiprocessing's spawned children, not
+    its resource tracker)."""
+    return [child for child in children(pid)
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
 def trace_row(daemon: Daemon, trace: int) -> dict[str, Any] | None:
     rows = daemon.query(f"SELECT span_count, evaluations, completion FROM traces WHERE trace_id = '{trace:032x}'")
     return rows[0] if rows else None
@@ -178,3 +187,33 @@ def test_late_spans_reevaluate_their_trace_and_restarts_lose_nothing(make_daemon
     assert counts == {"n": 3, "distinct_n": 3}
     spans_total = daemon.query("SELECT sum(span_count) AS n FROM traces")[0]["n"]
     assert spans_total == daemon.query("SELECT count(*) AS n FROM spans")[0]["n"] == 4 + 3 + 2
+
+
+def test_a_dead_evaluation_worker_is_replaced_and_its_traces_are_evaluated(
+    make_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = make_daemon(FAST)
+    post(daemon, request(1, [10, 11], root=10))
+    wait_for(lambda: trace_row(daemon, 1) is not None, "trace 1 to complete")
+    assert daemon.proc is not None
+    [worker] = evaluation_workers(daemon.proc.pid)
+    os.kill(worker, signal.SIGKILL)  # e.g. the kernel's OOM killer
+    post(daemon, request(2, [20, 21, 22], root=20))
+    wait_for(lambda: trace_row(daemon, 2) is not None, "trace 2 to be evaluated by a new worker")
+    assert trace_row(daemon, 2) == {"span_count": 3, "evaluations": 1, "completion": "root_quiet"}
+    assert evaluation_workers(daemon.proc.pid) not in ([], [worker])
+    assert "evaluation worker exited" in daemon.log()
+    assert daemon.metric("halod_analysis_failures_total") >= 1
+    assert daemon.metric("halod_traces_abandoned_total") == 0
+
+
+def test_a_trace_above_max_trace_spans_is_evaluated_on_its_first_spans(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon({"analysis": {**FAST["analysis"], "max_trace_spans": 5}})
+    post(daemon, request(1, list(range(10, 18)), root=10))  # 8 spans
+    post(daemon, request(2, [20, 21, 22], root=20))
+    wait_for(lambda: trace_row(daemon, 1) is not None and trace_row(daemon, 2) is not None, "both traces")
+    assert (trace_row(daemon, 1) or {})["span_count"] == 5
+    assert (trace_row(daemon, 2) or {})["span_count"] == 3
+    assert daemon.query(f"SELECT count(*) AS n FROM spans WHERE trace_id = '{1:032x}'") == [{"n": 8}]  # all stored
+    assert daemon.metric("halod_traces_truncated_total") == 1
+    assert f"{1:032x}" in daemon.log()

@@ -37,6 +37,7 @@ class OpenTrace:
     late: bool = False  # completed before: its earlier spans are outside [first_seq, last_seq]
     recovered: bool = False  # rebuilt from the store at start: perhaps evaluated before the stop
     spans: int = 0
+    attempts: int = 0  # failed evaluations or writes so far (the stage retries, then gives up)
 
 
 @dataclass

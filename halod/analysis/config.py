@@ -77,6 +77,12 @@ class AnalysisConfig(StrictModel):
         "an overall failure rate above 50%, a tool failing in over 20% of the traces using it, a doubling of "
         "failures in a service, and a first-seen (signal, tool) pair.",
     )
+    max_trace_spans: int = Field(
+        default=10_000, ge=1,
+        description="Spans of one trace evaluated at most (bounds the evaluator's memory): a larger trace is "
+        "evaluated on its first max_trace_spans spans by start time, logged and counted "
+        "(halod_traces_truncated_total); all its spans stay stored.",
+    )
     exclude_services: list[str] = Field(
         default_factory=lambda: ["halod"],
         description="Services whose traces are assembled and evaluated but never counted in windows or "

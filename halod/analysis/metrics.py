@@ -54,6 +54,15 @@ class AnalysisMetrics:
         self.late_traces = Counter(
             "halod_late_traces", "Completed traces that received spans after completing (re-evaluated).",
             registry=r)
+        self.failures = Counter(
+            "halod_analysis_failures", "Analysis failures by step: evaluate or write (traces, each retried "
+            "alone, then given up), close (a window's close, retried at the next tick).", ["step"], registry=r)
+        self.truncated = Counter(
+            "halod_traces_truncated", "Completed traces with more than analysis.max_trace_spans spans, evaluated "
+            "on their first ones.", registry=r)
+        self.abandoned = Counter(
+            "halod_traces_abandoned", "Completed traces given up after repeated failures (logged with their ids; "
+            "their spans stay stored).", registry=r)
 
     def completed(self, completed: Iterable[Completed], signals: list[dict[str, Any]], late_count: int) -> None:
         for item in completed:

@@ -111,6 +111,13 @@ class Triggers:
         self.state = orjson.loads(state) if state else {}
         self.seen = set(orjson.loads(seen)) if seen else set()
 
+    def snapshot(self) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """A copy of the in-memory state, to `restore` when the transaction `evaluate` ran in fails."""
+        return {key: dict(entry) for key, entry in self.state.items()}, set(self.seen)
+
+    def restore(self, snapshot: tuple[dict[str, dict[str, Any]], set[str]]) -> None:
+        self.state, self.seen = snapshot
+
     def evaluate(self, con: duckdb.DuckDBPyConnection, window: int, size_ns: int, stats: list[WindowStat],
                  excluded: list[str], now_ns: int) -> list[TripEvent]:
         """Run every rule on a closed window (inside the writer's transaction); store and return trips."""

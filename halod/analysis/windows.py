@@ -108,3 +108,9 @@ class WindowClock:
             self.open.discard(window)
             self.closed.add(window)
         return due
+
+    def reopen(self, windows: list[int]) -> None:
+        """Windows handed out by `closing` that could not be closed: they close at a later call."""
+        for window in windows:
+            self.closed.discard(window)
+            self.open.add(window)
