@@ -15,6 +15,7 @@ handed to a component that is not running.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import enum
 import importlib
@@ -33,6 +34,15 @@ if TYPE_CHECKING:
 
 class StartError(Exception):
     """A component could not start; the message names the component and what it could not do."""
+
+
+async def stop_tasks(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel a component's background tasks and wait until they have ended (the part of
+    ``shutdown()`` every task-running component shares); None entries are skipped."""
+    running = [task for task in tasks if task is not None]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
 
 
 def listen_failed(who: str, endpoint: str, error: BaseException) -> StartError:

@@ -18,14 +18,13 @@ source cannot convert are reported (log + `halod_receiver_bad_records`) and skip
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from pydantic import Field
 
-from halod.components import Consumer, CreateSettings, Host
+from halod.components import Consumer, CreateSettings, Host, stop_tasks
 from halod.model import InvalidPayload, Refused
 from halod.normalize import normalize_request
 from halod.retry import Backoff, RetryConfig
@@ -91,11 +90,8 @@ class PullReceiver(ABC):
         self.telemetry.log.info("pulling receiver started", receiver=self.id, cursor=self.cursor)
 
     async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_tasks(self._task)
+        self._task = None
         await self.close()
 
     async def _run(self) -> None:

@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 
 from pydantic import Field
 
+from halod.components import stop_tasks
 from halod.security import StrictModel
 
 T = TypeVar("T")
@@ -77,7 +78,5 @@ class SendingQueue(Generic[T]):
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), timeout)
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await stop_tasks(*self._workers)
         self._workers = []

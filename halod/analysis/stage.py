@@ -21,7 +21,6 @@ is replaced. Until then the stored cursor stays below their spans, so a restart 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing
 import os
 import time
@@ -42,6 +41,7 @@ from halod.analysis.signals import build_detectors, outliers
 from halod.analysis.trace import EVALUATED_COLUMNS
 from halod.analysis.triggers import Triggers, TripEvent
 from halod.analysis.windows import WindowClock, WindowStat, write_stats
+from halod.components import stop_tasks
 from halod.model import CommitEvent
 from halod.retry import Backoff, RetryConfig
 from halod.store import SpanStore
@@ -132,11 +132,8 @@ class AnalysisStage:
         return len(history)
 
     async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_tasks(self._task)
+        self._task = None
         if self._pool is not None:
             await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
             self._pool = None
