@@ -5,6 +5,7 @@
   `llm_text`, `requested_calls`, `requested_tools` and `records_output` read it;
 - `refusal_text(span)`: OpenAI's structured refusal;
 - `tool_name_of(span)`: the tool a TOOL span ran;
+- `exceptions(span)`: the (type, message) of its `exception` events;
 - `ending(trace)`: the last LLM call and what follows it.
 
 A span's output is read once (`span.memo`) and shared by every detector.
@@ -35,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from halod.analysis.signals.base import NOT_JSON, parse_json
+from halod.analysis.signals.base import NOT_JSON, as_text, parse_json
 from halod.analysis.trace import SpanView, TraceSpans
 
 MAX_JSON_CHARS = 262_144
@@ -265,6 +266,23 @@ def refusal_text(span: SpanView) -> str:
         if refusal is None and base + "role" not in attrs and base + "content" not in attrs:
             return ""
     return ""
+
+
+def exceptions(span: SpanView) -> list[tuple[str, str]]:
+    """(`exception.type`, `exception.message`) of each `exception` event of the span, as text ("" when
+    absent), in order; the events JSON is parsed only when its text mentions an exception."""
+    raw = span.events
+    if not isinstance(raw, str) or '"exception' not in raw:
+        return []
+    found: list[tuple[str, str]] = []
+    for event in span.event_list:
+        if not isinstance(event, dict) or event.get("name") != "exception":
+            continue
+        attributes = event.get("attributes")
+        if not isinstance(attributes, dict):
+            attributes = {}
+        found.append((as_text(attributes.get("exception.type")), as_text(attributes.get("exception.message"))))
+    return found
 
 
 def tool_name_of(span: SpanView) -> str | None:

@@ -111,6 +111,12 @@ def parse_json(value: Any, limit: int = MAX_SCAN_CHARS) -> Any:
         return NOT_JSON
 
 
+def as_text(value: Any, limit: int | None = None) -> str:
+    """An attribute value as text (None: ""; numbers and other values: str()), at most `limit` characters."""
+    text = "" if value is None else value if isinstance(value, str) else str(value)
+    return text if limit is None else text[:limit]
+
+
 def excerpt(value: Any, length: int = _EXCERPT) -> str:
     """A short, single-value excerpt of a trace string for finding details."""
     text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()

@@ -31,11 +31,10 @@ gpt-4o" -> one finding `llm_error` at that span with `details["class"] == "rate_
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, field_validator
 
-from halod.analysis.signals.base import DetectContext, Finding, check_patterns, compile_any
+from halod.analysis.signals._outputs import exceptions
+from halod.analysis.signals.base import DetectContext, Finding, as_text, check_patterns, compile_any
 from halod.analysis.trace import SpanView, TraceSpans
 from halod.security import StrictModel
 
@@ -71,12 +70,6 @@ class Config(StrictModel):
         return classes
 
 
-def _text(value: Any, limit: int) -> str:
-    if value is None or value == "":
-        return ""
-    return (value if isinstance(value, str) else str(value))[:limit]
-
-
 class Detector:
     name = "llm_error"
 
@@ -107,28 +100,20 @@ class Detector:
         """The error texts of a failed span (and its first exception type), None when it did not fail."""
         limit = self.config.max_chars
         failed = span.is_error
-        texts = [_text(span.status_message, limit)]
+        texts = [as_text(span.status_message, limit)]
         exception_type = None
-        raw_events = span.events
-        if isinstance(raw_events, str) and '"exception' in raw_events:
-            for event in span.event_list:
-                if not isinstance(event, dict) or event.get("name") != "exception":
-                    continue
-                failed = True
-                attributes = event.get("attributes") or {}
-                if not isinstance(attributes, dict):
-                    continue
-                kind = _text(attributes.get("exception.type"), limit)
-                exception_type = exception_type or kind or None
-                texts += [kind, _text(attributes.get("exception.message"), limit)]
+        for kind, message in exceptions(span):
+            failed = True
+            exception_type = exception_type or kind[:limit] or None
+            texts += [kind[:limit], message[:limit]]
         attrs = span.attrs
         error_type = attrs.get("error.type")
         if error_type not in (None, ""):
             failed = True
-            exception_type = exception_type or _text(error_type, limit)
-            texts += [_text(error_type, limit), _text(attrs.get("error.message"), limit)]
+            exception_type = exception_type or as_text(error_type, limit)
+            texts += [as_text(error_type, limit), as_text(attrs.get("error.message"), limit)]
         for key in _FINISH_KEYS:
-            reason = _text(attrs.get(key), limit)
+            reason = as_text(attrs.get(key), limit)
             if "content_filter" in reason:
                 failed = True
                 texts.append(f"finish_reason {reason}")
@@ -137,6 +122,6 @@ class Detector:
             for key in _HTTP_KEYS:
                 code = attrs.get(key)
                 if code not in (None, ""):
-                    texts.append(f"HTTP {_text(code, 16)}")
+                    texts.append(f"HTTP {as_text(code, 16)}")
                     break
         return (texts, exception_type) if failed else None

@@ -43,12 +43,11 @@ exception.message: "Max turns (10) exceeded"}` -> one finding `step_limit` at th
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from pydantic import Field
 
-from halod.analysis.signals._outputs import ending
-from halod.analysis.signals.base import DetectContext, Finding, Patterns
+from halod.analysis.signals._outputs import ending, exceptions
+from halod.analysis.signals.base import DetectContext, Finding, Patterns, as_text
 from halod.analysis.trace import SpanView, TraceSpans
 from halod.security import StrictModel
 
@@ -69,7 +68,6 @@ DEFAULT_PATTERNS = [
     r"\bMaxIterations(?:Exceeded|Error)\b",
     r"\brequest_limit\b",
 ]
-_ERROR_KEYS = ("exception.type", "exception.message")
 
 
 class Config(StrictModel):
@@ -105,12 +103,6 @@ class Config(StrictModel):
 
 
 
-def _text(value: Any, limit: int) -> str:
-    if value is None:
-        return ""
-    return (value if isinstance(value, str) else str(value))[:limit]
-
-
 class Detector:
     name = "step_limit"
 
@@ -143,7 +135,7 @@ class Detector:
         root = trace.root
         for span in trace.spans:
             if span is root or span.semantic_kind in ("AGENT", "CHAIN"):
-                text = _text(span.output_text, config.scan_chars)
+                text = as_text(span.output_text, config.scan_chars)
                 if self._keywords and not any(keyword in text.lower() for keyword in self._keywords):
                     continue
                 pattern = self._match(text)
@@ -154,7 +146,7 @@ class Detector:
             for key in config.outcome_keys:
                 if attrs.get(key) in (None, ""):
                     continue
-                text = _text(attrs[key], config.max_chars)
+                text = as_text(attrs[key], config.max_chars)
                 pattern = "outcome value" if text.lower() in self._values else self._match(text)
                 if pattern is not None:
                     return self._found(root, "outcome", pattern, f"{key}={text}")
@@ -169,15 +161,9 @@ class Detector:
         limit = self.config.max_chars
         texts = []
         if span.is_error:
-            texts.append(_text(span.status_message, limit))
-        raw_events = span.events
-        if isinstance(raw_events, str) and '"exception' in raw_events:
-            for event in span.event_list:
-                if not isinstance(event, dict) or event.get("name") != "exception":
-                    continue
-                attributes = event.get("attributes")
-                if isinstance(attributes, dict):
-                    texts += [_text(attributes.get(key), limit) for key in _ERROR_KEYS]
+            texts.append(as_text(span.status_message, limit))
+        for kind, message in exceptions(span):
+            texts += [kind[:limit], message[:limit]]
         if texts or span.is_error:  # OTel's error.type accompanies a failure
-            texts.append(_text(span.get("error.type"), limit))
+            texts.append(as_text(span.get("error.type"), limit))
         return [text for text in texts if text]
