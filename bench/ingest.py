@@ -520,22 +520,23 @@ def run(args: argparse.Namespace, pool: RequestPool) -> dict[str, Any]:
         started = time.monotonic()
         measure_from = started + args.warmup
         measure_to = measure_from + args.duration
-        # The measured window's CPU (halod's, the machine's): sampled at its edges by a helper thread.
-        samples: dict[str, float] = {}
+        # The measured window's CPU (halod's, the machine's) and analysis counters: sampled at its
+        # edges by a helper thread.
+        edges: dict[str, dict[str, float]] = {"from": {}, "to": {}}
+
+        def sample() -> dict[str, float]:
+            values = {"cpu": halod.cpu_seconds(), "machine": machine_busy_seconds()}
+            if args.analysis:
+                values["traces"] = halod.metric_total("halod_traces_completed_total")
+                values["evicted"] = halod.metric_total("halod_traces_completed_total", 'completion="evicted"')
+                values["open"] = halod.metric_total("halod_open_traces")
+            return values
 
         def sample_cpu() -> None:
             time.sleep(max(0.0, measure_from - time.monotonic()))
-            samples["from"], samples["machine_from"] = halod.cpu_seconds(), machine_busy_seconds()
-            if args.analysis:
-                samples["traces_from"] = halod.metric_total("halod_traces_completed_total")
-                samples["evicted_from"] = halod.metric_total("halod_traces_completed_total", 'completion="evicted"')
-                samples["open_from"] = halod.metric_total("halod_open_traces")
+            edges["from"] = sample()
             time.sleep(max(0.0, measure_to - time.monotonic()))
-            samples["to"], samples["machine_to"] = halod.cpu_seconds(), machine_busy_seconds()
-            if args.analysis:
-                samples["traces_to"] = halod.metric_total("halod_traces_completed_total")
-                samples["evicted_to"] = halod.metric_total("halod_traces_completed_total", 'completion="evicted"')
-                samples["open_traces"] = halod.metric_total("halod_open_traces")
+            edges["to"] = sample()
 
         sampler = threading.Thread(target=sample_cpu, daemon=True)
         sampler.start()
@@ -565,8 +566,10 @@ def run(args: argparse.Namespace, pool: RequestPool) -> dict[str, Any]:
     for call in calls:
         if call.status != "OK":
             failures[call.status] = failures.get(call.status, 0) + 1
-    halod_cpu = samples.get("to", 0.0) - samples.get("from", 0.0)
-    machine_cpu = samples.get("machine_to", 0.0) - samples.get("machine_from", 0.0)
+    def per_s(key: str) -> float:
+        """Change of a sampled value over the measured window, per second."""
+        return (edges["to"].get(key, 0.0) - edges["from"].get(key, 0.0)) / args.duration
+
     total_s = finished - started
     client_cores = client_cpu / total_s
     return {
@@ -587,10 +590,10 @@ def run(args: argparse.Namespace, pool: RequestPool) -> dict[str, Any]:
         "latency_max_ms": round(max(latencies_ms, default=float("nan")), 1),
         "halod_peak_rss_mib": round(peak_rss_kib / 1024, 1),
         "halod_rss_at_end_mib": round(rss_kib / 1024, 1),
-        "halod_cpu_cores": round(halod_cpu / args.duration, 2),
+        "halod_cpu_cores": round(per_s("cpu"), 2),
         "client_cpu_cores": round(client_cores, 2),
         # Everything else that ran on the machine meanwhile (other jobs skew the figures when > ~0.1).
-        "other_cpu_cores": round(max(0.0, machine_cpu / args.duration - halod_cpu / args.duration - client_cores), 2),
+        "other_cpu_cores": round(max(0.0, per_s("machine") - per_s("cpu") - client_cores), 2),
         "nproc": os.cpu_count(),
         "failed_requests": failures,
         "requests_total": len(calls),
@@ -601,14 +604,11 @@ def run(args: argparse.Namespace, pool: RequestPool) -> dict[str, Any]:
         "halod_stop_s": round(stop_s, 2),
         "analysis": args.analysis,
         "traces_arrived_per_s": round(len(window) * pool.traces / len(pool) / args.duration, 1),
-        "traces_completed_per_s": round((samples.get("traces_to", 0.0) - samples.get("traces_from", 0.0))
-                                        / args.duration, 1),
-        "traces_evicted_per_s": round((samples.get("evicted_to", 0.0) - samples.get("evicted_from", 0.0))
-                                      / args.duration, 1),
-        "open_traces_at_end": samples.get("open_traces"),
+        "traces_completed_per_s": round(per_s("traces"), 1),
+        "traces_evicted_per_s": round(per_s("evicted"), 1),
+        "open_traces_at_end": edges["to"].get("open"),
         # Open traces grow by this much a second when the analysis falls behind; ~0 when it keeps up.
-        "open_traces_growth_per_s": round((samples.get("open_traces", 0.0) - samples.get("open_from", 0.0))
-                                          / args.duration, 1),
+        "open_traces_growth_per_s": round(per_s("open"), 1),
     }
 
 
