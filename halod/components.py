@@ -36,13 +36,23 @@ class StartError(Exception):
     """A component could not start; the message names the component and what it could not do."""
 
 
+RECANCEL_S = 2.0
+
+
 async def stop_tasks(*tasks: asyncio.Task[Any] | None) -> None:
     """Cancel a component's background tasks and wait until they have ended (the part of
-    ``shutdown()`` every task-running component shares); None entries are skipped."""
-    running = [task for task in tasks if task is not None]
-    for task in running:
-        task.cancel()
-    await asyncio.gather(*running, return_exceptions=True)
+    ``shutdown()`` every task-running component shares); None entries are skipped. A task still
+    running `RECANCEL_S` after its cancellation is cancelled again: a library can swallow one
+    cancellation (3.11's asyncio.wait_for does when it races with completion, CPython gh-86296),
+    and the wait would never end. (Long enough for a task's own cleanup, e.g. finishing a write.)"""
+    pending = {task for task in tasks if task is not None}
+    while pending:
+        for task in pending:
+            task.cancel()
+        done, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+        for task in done:  # retrieve what they raised: shutdown reports nothing of a cancelled loop
+            if not task.cancelled():
+                task.exception()
 
 
 def listen_failed(who: str, endpoint: str, error: BaseException) -> StartError:

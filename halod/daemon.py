@@ -56,6 +56,7 @@ class Daemon:
         self._ready = False
         self._started_at = time.time()
         self._shutdown_done = False
+        self.stopping: str | None = None  # the component whose shutdown is under way (named if the drain times out)
 
     # Host interface offered to components --------------------------------------------------------
 
@@ -154,21 +155,27 @@ class Daemon:
             if id(component) in exporters:
                 continue  # exporters stop after the store has delivered its last commit events
             await self._stop(name, component)
+        self.stopping = "store"
         await asyncio.to_thread(self.store.close)
-        for runner in self.graph.exporters.values():
+        for cid, runner in self.graph.exporters.items():
+            self.stopping = f"exporter {cid} queue"
             await runner.queue.shutdown(self.config.service.shutdown_timeout)
         for name, component in reversed(self._started):
             if id(component) in exporters:
                 await self._stop(name, component)
         self._started.clear()
+        self.stopping = "admin"
         await self.admin.shutdown()
+        self.stopping = None
         log.info("halod stopped")
 
     async def _stop(self, name: str, component: Any) -> None:
+        self.stopping = name
         try:
             await component.shutdown()
         except Exception as exc:
             self.telemetry.log.error("component shutdown failed", component=name, error=repr(exc))
+        self.stopping = None
 
     # Status ----------------------------------------------------------------------------------------
 
@@ -239,6 +246,7 @@ async def run_daemon(config: HalodConfig) -> int:
     try:
         await asyncio.wait_for(daemon.shutdown(), config.service.shutdown_timeout)
     except TimeoutError:
-        daemon.telemetry.log.error("drain did not finish in time; exiting", timeout_s=config.service.shutdown_timeout)
+        daemon.telemetry.log.error("drain did not finish in time; exiting", timeout_s=config.service.shutdown_timeout,
+                                   stopping=daemon.stopping)
         return 1
     return 0

@@ -99,7 +99,10 @@ class PullReceiver(ABC):
         backoff = Backoff(config.retry_on_failure)
         while True:
             try:
-                page = await asyncio.wait_for(self.fetch(self.cursor), config.timeout)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that arrives as
+                # the fetch completes (CPython gh-86296), and shutdown would then wait on a loop still running
+                async with asyncio.timeout(config.timeout):
+                    page = await self.fetch(self.cursor)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any fault of the source: log, count, back off, try again

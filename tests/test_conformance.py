@@ -17,6 +17,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from pydantic import BaseModel
 
+from halod import components
 from halod.components import ComponentID, CreateSettings, Factory, Kind, default_registry
 from halod.config import parse_config
 from halod.daemon import Daemon
@@ -190,3 +191,30 @@ async def test_daemon_start_then_shutdown_twice_releases_everything(tmp_path: Pa
     reopened = Daemon(config)
     await asyncio.to_thread(reopened.store.open)
     await reopened.shutdown()
+
+
+async def test_stop_tasks_ends_a_task_that_swallowed_its_first_cancellation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What 3.11's asyncio.wait_for does when a cancellation races with its inner task's completion
+    # (CPython gh-86296): the task goes on running. A shutdown must still end.
+    monkeypatch.setattr(components, "RECANCEL_S", 0.05)
+    cancellations = 0
+
+    async def loop_that_swallows_once() -> None:
+        nonlocal cancellations
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancellations += 1
+                if cancellations > 1:
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+
+    async def failing() -> None:
+        raise RuntimeError("already failed")
+
+    swallowing, failed = asyncio.create_task(loop_that_swallows_once()), asyncio.create_task(failing())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(components.stop_tasks(swallowing, failed, None), 5)
+    assert swallowing.cancelled() and cancellations == 2
+    assert isinstance(failed.exception(), RuntimeError)
